@@ -1,0 +1,5 @@
+import sys
+
+from portcullis.cli import main
+
+sys.exit(main())

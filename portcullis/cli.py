@@ -1,0 +1,65 @@
+"""The `portcullis` command: run, check, version."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+
+from portcullis import __version__
+from portcullis.config import Config, ConfigError, load_config, load_config_text
+
+DEFAULT_CONFIG_NAME = "<embedded default config>"
+
+
+def _load(path: str | None) -> Config:
+    if path is None:
+        text = resources.files("portcullis").joinpath("default.yaml").read_text()
+        return load_config_text(text, DEFAULT_CONFIG_NAME, ".")
+    return load_config(path)
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.config or DEFAULT_CONFIG_NAME}: ok")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        config = _load(args.config)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    from portcullis.supervisor.master import run
+
+    return run(config, args.config)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    print(f"portcullis {__version__}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="portcullis", description="A reverse proxy and security gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the proxy in the foreground")
+    run.add_argument("-c", "--config", help="config file (default: the embedded demo config)")
+    run.set_defaults(func=cmd_run)
+    check = sub.add_parser("check", help="validate a config file and print every problem")
+    check.add_argument("-c", "--config", required=True, help="config file")
+    check.set_defaults(func=cmd_check)
+    version = sub.add_parser("version", help="print the version")
+    version.set_defaults(func=cmd_version)
+    args = parser.parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,296 @@
+"""The config schema: one strict model per section.
+
+Unknown keys are errors (``extra="forbid"``), every field has a documented default, and
+human units (durations, sizes, addresses) are parsed here so the runtime only sees numbers.
+Feature filters are a tagged union on ``type``; the list is explicit so mypy sees every one.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+
+from portcullis.config.units import parse_address, parse_duration, parse_size
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("a duration must be a finite number")
+    return value
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_finite)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\.?")
+
+
+def _address(value: object) -> str:
+    host, port = parse_address(value)
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        if not _HOSTNAME.fullmatch(host):
+            raise ValueError(f"{host!r} is not an IP address or host name") from None
+        return f"{host}:{port}"
+    return f"[{ip.compressed}]:{port}" if ip.version == 6 else f"{ip.compressed}:{port}"
+
+
+Address = Annotated[str, BeforeValidator(_address)]
+
+
+def _cidr(value: str) -> str:
+    try:
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not an IP address or CIDR block") from exc
+
+
+Cidr = Annotated[str, AfterValidator(_cidr)]
+
+
+def _regex(value: str) -> str:
+    try:
+        re.compile(value)
+    except (re.error, OverflowError, RecursionError) as exc:
+        raise ValueError(f"invalid regular expression: {exc}") from None
+    return value
+
+
+Regex = Annotated[str, AfterValidator(_regex)]
+
+_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+
+
+def _header_name(value: str) -> str:
+    if not _TOKEN.match(value):
+        raise ValueError(f"{value!r} is not a valid header name")
+    return value
+
+
+HeaderName = Annotated[str, AfterValidator(_header_name)]
+
+
+def _header_value(value: str) -> str:
+    if any(c in value for c in "\r\n\x00"):
+        raise ValueError("header values cannot contain CR, LF or NUL")
+    return value
+
+
+HeaderValue = Annotated[str, AfterValidator(_header_value)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------- listeners
+
+class Certificate(Strict):
+    cert: str
+    key: str
+
+
+class ClientAuth(Strict):
+    ca: str
+    required: bool = False
+
+
+class ListenerTls(Strict):
+    certificates: list[Certificate] = Field(min_length=1)
+    client_auth: ClientAuth | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+
+class Listener(Strict):
+    name: str
+    listen: Address
+    tls: ListenerTls | None = None
+
+
+# --------------------------------------------------------------------------- server-wide HTTP
+
+class ServerTimeouts(Strict):
+    client_header: Duration = 10.0
+    """Time to receive a whole request head (408 after it)."""
+    client_body: Duration = 30.0
+    """Longest pause between two pieces of a request body (408 after it)."""
+    keepalive: Duration = 75.0
+    """How long an idle client connection is kept open between requests."""
+
+
+class ServerLimits(Strict):
+    max_request_line: Size = 8 * 1024
+    """Longer request lines get 414."""
+    max_header_bytes: Size = 32 * 1024
+    """A larger request head gets 431."""
+    max_headers: int = Field(default=100, ge=1)
+    """More header fields get 431."""
+    max_body: Size = 100 * 1024**2
+    """Default body limit (413 above it); routes may override."""
+
+
+class Server(Strict):
+    trusted_proxies: list[Cidr] = []
+    """Only clients in these blocks may set X-Forwarded-* / Forwarded themselves."""
+    request_id_header: HeaderName = "X-Request-Id"
+    timeouts: ServerTimeouts = ServerTimeouts()
+    limits: ServerLimits = ServerLimits()
+
+
+# --------------------------------------------------------------------------- upstreams
+
+class Peer(Strict):
+    url: str
+    weight: int = Field(default=1, ge=1, le=1000)
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("http",):
+            raise ValueError("peer url must start with http:// (https and h2 peers come with TLS support)")
+        hostport = rest.split("/", 1)[0]
+        if not hostport or hostport.startswith(":"):
+            raise ValueError("peer url has no host")
+        if "/" in rest and rest.split("/", 1)[1]:
+            raise ValueError("peer url cannot have a path; use a rewrite filter on the route")
+        if ":" not in hostport.rsplit("]", 1)[-1]:
+            hostport += ":80"
+        parse_address(hostport)
+        return value
+
+
+class UpstreamTimeouts(Strict):
+    connect: Duration = 5.0
+    """A connect attempt longer than this fails with 502."""
+    response: Duration = 60.0
+    """Time from the request being sent to the response head (504 after it)."""
+    idle: Duration = 60.0
+    """Longest pause while reading an upstream response body."""
+
+
+class Keepalive(Strict):
+    max_idle: int = Field(default=64, ge=0)
+    """Idle connections kept per peer."""
+    idle_timeout: Duration = 60.0
+    """An idle pooled connection older than this is closed."""
+
+
+class Upstream(Strict):
+    peers: list[Peer] = Field(min_length=1)
+    balance: Literal["round_robin"] = "round_robin"
+    timeouts: UpstreamTimeouts = UpstreamTimeouts()
+    keepalive: Keepalive = Keepalive()
+
+
+# --------------------------------------------------------------------------- routes
+
+class Match(Strict):
+    host: str | None = None
+    path: str | None = None
+    path_prefix: str | None = None
+    path_regex: Regex | None = None
+    methods: list[str] | None = None
+    headers: dict[HeaderName, str] | None = None
+    """Header name -> exact value required ("*" means present)."""
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        for method in value:
+            if not _TOKEN.match(method):
+                raise ValueError(f"{method!r} is not an HTTP method")
+        return [m.upper() for m in value]
+
+    @field_validator("path", "path_prefix")
+    @classmethod
+    def _path(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise ValueError("a path must start with /")
+        return value
+
+
+class HeaderOps(Strict):
+    set: dict[HeaderName, HeaderValue] = {}
+    add: dict[HeaderName, HeaderValue] = {}
+    remove: list[HeaderName] = []
+
+
+class HeadersFilter(Strict):
+    type: Literal["headers"]
+    request: HeaderOps = HeaderOps()
+    response: HeaderOps = HeaderOps()
+
+
+class RewriteFilter(Strict):
+    type: Literal["rewrite"]
+    strip_prefix: str | None = None
+    add_prefix: str | None = None
+    regex: Regex | None = None
+    replace: str | None = None
+
+
+class RedirectFilter(Strict):
+    type: Literal["redirect"]
+    to: str
+    """Target URL; `$path` and `$query` are replaced by the request's."""
+    status: Literal[301, 302, 303, 307, 308] = 302
+
+
+class RespondFilter(Strict):
+    type: Literal["respond"]
+    status: int = Field(default=200, ge=200, le=599)
+    body: str = ""
+    content_type: HeaderValue = "text/plain; charset=utf-8"
+    headers: dict[HeaderName, HeaderValue] = {}
+
+
+FilterConfig = Annotated[
+    HeadersFilter | RewriteFilter | RedirectFilter | RespondFilter,
+    Field(discriminator="type"),
+]
+
+
+class RouteLimits(Strict):
+    max_body: Size | None = None
+
+
+class Route(Strict):
+    name: str
+    listeners: list[str] | None = None
+    match: Match = Match()
+    filters: list[FilterConfig] = []
+    upstream: str | None = None
+    limits: RouteLimits = RouteLimits()
+
+
+# --------------------------------------------------------------------------- process / operations
+
+class Admin(Strict):
+    listen: Address = "127.0.0.1:9901"
+    token: str | None = None
+
+
+class State(Strict):
+    redis: str | None = None
+
+
+class Config(Strict):
+    workers: int | Literal["auto"] = 1
+    admin: Admin | None = None
+    state: State = State()
+    server: Server = Server()
+    listeners: list[Listener] = Field(min_length=1)
+    upstreams: dict[str, Upstream] = {}
+    routes: list[Route] = []
+    demo: bool = False
+    """Start the built-in demo upstream on 127.0.0.1:8081 (used by the embedded default config)."""

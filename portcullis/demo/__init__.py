@@ -1,0 +1,1 @@
+"""The built-in demo upstream, started by the embedded default config."""

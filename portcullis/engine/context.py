@@ -1,0 +1,86 @@
+"""The typed per-request state: everything a request carries through the phases lives here."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from portcullis.engine.messages import Headers
+
+if TYPE_CHECKING:
+    from portcullis.engine.errors import ProxyError
+    from portcullis.routing.router import CompiledRoute
+
+
+class RequestContext:
+    __slots__ = (
+        "bytes_in",
+        "bytes_out",
+        "client_ip",
+        "client_port",
+        "decision",
+        "error",
+        "headers",
+        "host",
+        "identity",
+        "listener",
+        "method",
+        "path",
+        "peer",
+        "query",
+        "request_id",
+        "route",
+        "scheme",
+        "started",
+        "status",
+        "target",
+        "upstream_path",
+        "upstream_time",
+        "vars",
+        "version",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        version: str,
+        host: str,
+        client_ip: str,
+        client_port: int,
+        scheme: str,
+        listener: str,
+        started: float,
+    ) -> None:
+        self.method = method
+        self.target = target
+        path, _, query = target.partition(b"?")
+        self.path = path.decode("latin-1")
+        self.query = query.decode("latin-1")
+        self.headers = headers
+        self.version = version
+        self.host = host
+        self.client_ip = client_ip
+        self.client_port = client_port
+        self.scheme = scheme
+        self.listener = listener
+        self.started = started
+        self.request_id = ""
+        self.route: CompiledRoute | None = None
+        self.upstream_path: bytes = target
+        self.identity: object | None = None
+        self.peer: str | None = None
+        self.status = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.upstream_time: float | None = None
+        self.decision: str | None = None
+        self.error: ProxyError | None = None
+        self.vars: dict[str, Any] | None = None
+
+    def header(self, name: bytes) -> bytes | None:
+        """First value of a request header, by lower-case name."""
+        for key, value in self.headers:
+            if key.lower() == name:
+                return value
+        return None

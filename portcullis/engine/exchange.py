@@ -1,0 +1,490 @@
+"""One request/response cycle, the same for every client codec.
+
+The exchange walks the lifecycle: route, the request hooks of the route's chain, upstream
+selection, forwarding with streaming in both directions, the response hooks and the log.
+It is driven by callbacks from the downstream codec and the upstream connection, and only
+starts a task when something must really wait (a new upstream connection, an async filter).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING
+
+from portcullis.engine.context import RequestContext
+from portcullis.engine.downstream import Downstream
+from portcullis.engine.errors import ErrorKind, ProxyError, render_error
+from portcullis.engine.forwarding import response_headers, upstream_request_head
+from portcullis.engine.messages import Headers, Response, ResponseHead
+from portcullis.upstream.connection import UpstreamConnection
+
+if TYPE_CHECKING:
+    from portcullis.routing.router import CompiledRoute, Router
+    from portcullis.upstream.group import Peer, UpstreamGroup
+    from portcullis.worker.runtime import Runtime
+
+log = logging.getLogger("portcullis")
+
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_BUFFER_HIGH = 64 * 1024
+
+
+class Exchange:
+    __slots__ = (
+        "_body_buffer",
+        "_buffered",
+        "_conn",
+        "_conn_reused",
+        "_group",
+        "_head_only",
+        "_max_body",
+        "_peer",
+        "_resp_done",
+        "_sent_body",
+        "_task",
+        "_upstream_paused_reading",
+        "ctx",
+        "ds",
+        "expect_continue",
+        "finished",
+        "head_sent",
+        "req_chunked",
+        "req_done",
+        "req_length",
+        "request_body_bytes",
+        "response_close_delimited",
+        "route",
+        "runtime",
+        "upgrade",
+    )
+
+    def __init__(
+        self,
+        ds: Downstream,
+        ctx: RequestContext,
+        runtime: Runtime,
+        req_length: int | None,
+        req_chunked: bool,
+        expect_continue: bool,
+        upgrade: bytes | None,
+    ) -> None:
+        self.ds = ds
+        self.ctx = ctx
+        self.runtime = runtime
+        self.route: CompiledRoute | None = None
+        self.req_length = req_length
+        self.req_chunked = req_chunked
+        self.req_done = not req_chunked and not req_length
+        self.expect_continue = expect_continue
+        self.upgrade = upgrade
+        self.request_body_bytes = 0
+        self.head_sent = False
+        self.finished = False
+        self.response_close_delimited = False
+        self._resp_done = False
+        self._head_only = ctx.method == "HEAD"
+        self._max_body = runtime.max_body
+        self._body_buffer: list[bytes] | None = None
+        self._buffered = 0
+        self._sent_body = False
+        self._conn: UpstreamConnection | None = None
+        self._conn_reused = False
+        self._group: UpstreamGroup | None = None
+        self._peer: Peer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._upstream_paused_reading = False
+
+    # ================================================================== request side
+    def begin(self, router: Router) -> None:
+        """The request head is complete and it is this exchange's turn: route and run the chain."""
+        ctx = self.ctx
+        ctx.request_id = self._incoming_request_id() or self.runtime.next_request_id()
+        route = router.match(ctx)
+        if route is None:
+            self.fail(ProxyError(ErrorKind.NO_ROUTE, f"no route for {ctx.method} {ctx.host}{ctx.path}"))
+            return
+        ctx.route = self.route = route
+        self._max_body = route.max_body
+        if self.req_length is not None and self.req_length > route.max_body:
+            self.fail(ProxyError(ErrorKind.BODY_TOO_LARGE, f"request body over {route.max_body} bytes"))
+            return
+        if route.chain.on_request:
+            self._run_request_hooks(0)
+        else:
+            self._forward()
+
+    def _incoming_request_id(self) -> str | None:
+        value = self.ctx.header(self.runtime.request_id_header_lower)
+        if value and len(value) <= 200 and value.isascii():
+            return value.decode("ascii")
+        return None
+
+    def _run_request_hooks(self, start: int) -> None:
+        assert self.route is not None
+        hooks = self.route.chain.on_request
+        for index in range(start, len(hooks)):
+            try:
+                outcome = hooks[index](self.ctx)
+            except Exception as exc:
+                self._internal_error(exc)
+                return
+            if outcome is None:
+                continue
+            if isinstance(outcome, Response):
+                self.respond(outcome)
+                return
+            self._task = asyncio.get_running_loop().create_task(self._await_hook(outcome, index))
+            return
+        self._forward()
+
+    async def _await_hook(self, outcome: Awaitable[Response | None], index: int) -> None:
+        try:
+            result = await outcome
+        except Exception as exc:
+            self._internal_error(exc)
+            return
+        if self.finished:
+            return
+        if result is not None:
+            self.respond(result)
+        else:
+            self._run_request_hooks(index + 1)
+
+    def request_body(self, chunk: bytes) -> None:
+        """A piece of the request body arrived from the client."""
+        self.request_body_bytes += len(chunk)
+        self.ctx.bytes_in += len(chunk)
+        if self.request_body_bytes > self._max_body:
+            self.fail(ProxyError(ErrorKind.BODY_TOO_LARGE, f"request body over {self._max_body} bytes"))
+            return
+        if self.route is not None:
+            for hook in self.route.chain.on_request_body:
+                answer = hook(self.ctx, chunk, False)
+                if answer is not None:
+                    self.respond(answer)
+                    return
+        if self.finished:
+            return
+        data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.req_chunked else chunk
+        conn = self._conn
+        if conn is not None and self._body_buffer is None:
+            self._sent_body = True
+            conn.write(data)
+            return
+        if self._body_buffer is None:
+            self._body_buffer = []
+        self._body_buffer.append(data)
+        self._buffered += len(data)
+        if self._buffered > _BUFFER_HIGH:
+            self.ds.pause_reading()
+
+    def request_end(self, trailers: Headers | None) -> None:
+        """The request body is complete."""
+        self.req_done = True
+        if self.finished:
+            return
+        if self.route is not None:
+            for hook in self.route.chain.on_request_body:
+                answer = hook(self.ctx, b"", True)
+                if answer is not None:
+                    self.respond(answer)
+                    return
+        if self.req_chunked:
+            end = b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers or ()) + b"\r\n"
+            if self._conn is not None and self._body_buffer is None:
+                self._conn.write(end)
+            else:
+                if self._body_buffer is None:
+                    self._body_buffer = []
+                self._body_buffer.append(end)
+        if self._resp_done:
+            self._finish()
+
+    # ================================================================== upstream side
+    def _forward(self) -> None:
+        route = self.route
+        assert route is not None
+        group = route.upstream
+        if group is None:
+            self.fail(
+                ProxyError(ErrorKind.INTERNAL, f"route {route.name!r} has no upstream and no filter answered")
+            )
+            return
+        self._group = group
+        peer = self._peer = group.select(self.ctx)
+        self.ctx.peer = peer.label
+        if self.expect_continue and not self.req_done:
+            self.ds.send_continue()
+        conn = peer.pool.acquire()
+        if conn is not None:
+            self._conn_reused = True
+            self._attach(conn)
+        else:
+            self._task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _connect(self) -> None:
+        peer, group = self._peer, self._group
+        assert peer is not None and group is not None
+        loop = asyncio.get_running_loop()
+        runtime = self.runtime
+        try:
+            async with asyncio.timeout(group.connect_timeout):
+                _, conn = await loop.create_connection(
+                    lambda: UpstreamConnection(peer.pool, runtime.watchdog), peer.host, peer.port
+                )
+        except TimeoutError:
+            self.fail(ProxyError(ErrorKind.CONNECT_TIMEOUT, f"connecting to {peer.label} timed out"))
+            return
+        except OSError as exc:
+            self.fail(
+                ProxyError(ErrorKind.CONNECT_FAILED, f"cannot connect to {peer.label}: {exc.strerror or exc}")
+            )
+            return
+        if self.finished:
+            peer.pool.release(conn, runtime.watchdog.now)
+            return
+        self._conn_reused = False
+        self._attach(conn)
+
+    def _attach(self, conn: UpstreamConnection) -> None:
+        group = self._group
+        assert group is not None
+        self._conn = conn
+        self.runtime.upstream_started(self.ctx)
+        conn.bind(self, self._head_only, group.response_timeout)
+        if self.req_chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif self.req_length is not None:
+            framing = b"Content-Length: %d\r\n" % self.req_length
+        else:
+            framing = b""
+        conn.write(
+            upstream_request_head(
+                self.ctx, self.ds.trusted, self.runtime.request_id_header, framing, self.upgrade
+            )
+        )
+        if self._body_buffer is not None:
+            self._sent_body = True
+            conn.write(b"".join(self._body_buffer))
+            self._body_buffer = None
+            if self._buffered > _BUFFER_HIGH:
+                self.ds.resume_reading()
+            self._buffered = 0
+
+    def idle_timeout(self) -> float:
+        return self._group.idle_timeout if self._group is not None else 60.0
+
+    def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool) -> None:
+        ctx = self.ctx
+        self.runtime.upstream_responded(ctx)
+        if status == 101:
+            if self.upgrade is None:
+                self.upstream_failed(
+                    ProxyError(ErrorKind.UPSTREAM_PROTOCOL, "101 without an upgrade request")
+                )
+            return  # the switch itself happens in upstream_upgraded
+        headers, length, chunked = response_headers(raw_headers)
+        no_body = self._head_only or status in (204, 304)
+        self.response_close_delimited = length is None and not chunked and not no_body
+        head = ResponseHead(status, headers)
+        assert self.route is not None
+        chain = self.route.chain
+        try:
+            for hook in chain.on_upstream_response:
+                hook(ctx, head)
+            for hook in chain.on_response:
+                hook(ctx, head)
+        except Exception as exc:
+            self._internal_error(exc)
+            return
+        if chain.on_response_body and not no_body:
+            length = None  # a body filter may change the length
+        self._send_head(head, length, no_body, close=False)
+
+    def upstream_body(self, chunk: bytes) -> None:
+        if self.finished:
+            return
+        assert self.route is not None
+        for hook in self.route.chain.on_response_body:
+            chunk = hook(self.ctx, chunk, False)
+        if chunk:
+            self.ctx.bytes_out += len(chunk)
+            self.ds.send_body(chunk)
+
+    def upstream_complete(self, trailers: Headers | None, reusable: bool) -> None:
+        conn, peer = self._conn, self._peer
+        self._conn = None
+        if conn is not None and peer is not None:
+            if reusable and self.req_done and not self.finished:
+                peer.pool.release(conn, self.runtime.watchdog.now)
+            else:
+                conn.close()
+        if self.finished:
+            return
+        assert self.route is not None
+        tail = b""
+        for hook in self.route.chain.on_response_body:
+            tail = hook(self.ctx, tail, True)
+        if tail:
+            self.ctx.bytes_out += len(tail)
+            self.ds.send_body(tail)
+        self.ds.send_end(trailers)
+        self._resp_done = True
+        if self.req_done:
+            self._finish()
+        else:
+            # the peer answered before the body was all sent: the client's connection can't be reused
+            self._finish(keep_alive=False)
+
+    def upstream_failed(self, error: ProxyError) -> None:
+        conn = self._conn
+        self._conn = None
+        if self.finished:
+            return
+        if (
+            conn is not None
+            and self._conn_reused
+            and not conn.got_bytes
+            and error.kind is ErrorKind.UPSTREAM_RESET
+            and not self._sent_body
+            and self.ctx.method in _IDEMPOTENT
+            and self.req_done
+        ):
+            # the classic keep-alive race: the peer closed an idle connection as we reused it
+            self._conn_reused = False
+            self._task = asyncio.get_running_loop().create_task(self._connect())
+            return
+        self.fail(error)
+
+    def upstream_write_paused(self) -> None:
+        self.ds.pause_reading()
+
+    def upstream_write_resumed(self) -> None:
+        self.ds.resume_reading()
+
+    def downstream_write_paused(self) -> None:
+        if self._conn is not None:
+            self._upstream_paused_reading = True
+            self._conn.pause_reading()
+
+    def downstream_write_resumed(self) -> None:
+        if self._conn is not None and self._upstream_paused_reading:
+            self._upstream_paused_reading = False
+            self._conn.resume_reading()
+
+    # ================================================================== upgrade tunnel
+    def upstream_upgraded(self, leftover: bytes) -> None:
+        """The peer switched protocols: from now on bytes flow untouched both ways."""
+        headers = [(b"Connection", b"upgrade"), (b"Upgrade", self.upgrade or b"")]
+        self.head_sent = True
+        self.ctx.status = 101
+        self.ds.send_switch(headers)
+        if leftover:
+            self.ds.tunnel_write(leftover)
+
+    def tunnel_from_upstream(self, data: bytes) -> None:
+        self.ctx.bytes_out += len(data)
+        self.ds.tunnel_write(data)
+
+    def tunnel_from_downstream(self, data: bytes) -> None:
+        self.ctx.bytes_in += len(data)
+        if self._conn is not None:
+            self._conn.write(data)
+
+    def tunnel_closed(self) -> None:
+        self._conn = None
+        if not self.finished:
+            self._finish(keep_alive=False)
+            self.ds.abort()
+
+    # ================================================================== answers and errors
+    def respond(self, response: Response) -> None:
+        """Answer with a response made by the proxy (a filter's, or an error)."""
+        if self.finished or self.head_sent:
+            return
+        headers = list(response.headers)
+        head = ResponseHead(response.status, headers)
+        if self.route is not None:
+            try:
+                for hook in self.route.chain.on_response:
+                    hook(self.ctx, head)
+            except Exception:
+                log.exception("response filter failed on a generated response")
+        rid_name = self.runtime.request_id_header
+        if self.ctx.request_id and head.get(rid_name.lower()) is None:
+            headers.append((rid_name, self.ctx.request_id.encode()))
+        no_body = self._head_only or response.status in (204, 304)
+        self._send_head(head, len(response.body), no_body, close=not self.req_done)
+        if response.body and not no_body:
+            self.ctx.bytes_out += len(response.body)
+            self.ds.send_body(response.body)
+        self.ds.send_end(None)
+        self._resp_done = True
+        self._drop_upstream()
+        self._finish(keep_alive=self.req_done)
+
+    def fail(self, error: ProxyError) -> None:
+        """Turn any failure into the right answer, or drop the connection if the answer has begun."""
+        ctx = self.ctx
+        if ctx.error is None:
+            ctx.error = error
+        if self.finished:
+            return
+        if self.head_sent:
+            self._drop_upstream()
+            self._finish(keep_alive=False)
+            self.ds.abort()
+            return
+        if not ctx.request_id:
+            ctx.request_id = self.runtime.next_request_id()
+        content_type, body = render_error(error.status, error.detail, ctx.request_id, ctx.header(b"accept"))
+        self.respond(Response(error.status, [(b"Content-Type", content_type)], body))
+
+    def _internal_error(self, exc: Exception) -> None:
+        log.exception("filter failed", exc_info=exc)
+        self.fail(ProxyError(ErrorKind.INTERNAL, "internal error"))
+
+    def client_gone(self) -> None:
+        """The client closed its connection; abandon the exchange."""
+        if self.finished:
+            return
+        if self.ctx.error is None and not self._resp_done:
+            self.ctx.error = ProxyError(ErrorKind.CLIENT_CLOSED, "client closed the connection")
+            if not self.head_sent:
+                self.ctx.status = 499
+        self._drop_upstream()
+        self._finish(keep_alive=False)
+
+    # ================================================================== internals
+    def _send_head(self, head: ResponseHead, length: int | None, no_body: bool, close: bool) -> None:
+        self.head_sent = True
+        self.ctx.status = head.status
+        rid_name = self.runtime.request_id_header
+        if self.ctx.request_id and head.get(rid_name.lower()) is None:
+            head.headers.append((rid_name, self.ctx.request_id.encode()))
+        self.ds.send_head(head.status, head.headers, length, no_body, close)
+
+    def _drop_upstream(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._task = None
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            conn.abort()
+
+    def _finish(self, keep_alive: bool = True) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        ctx = self.ctx
+        if self.route is not None:
+            for hook in self.route.chain.on_log:
+                try:
+                    hook(ctx)
+                except Exception:
+                    log.exception("log filter failed")
+        self.runtime.request_finished(ctx)
+        self.ds.exchange_done(keep_alive)

@@ -1,0 +1,50 @@
+"""The extension point: features are `Filter`s that plug into the lifecycle's phases.
+
+A filter instance is built once per config and shared by every request, so it holds no
+per-request state; that lives in the `RequestContext`. A filter overrides only the hooks it
+needs: the chain compiler keeps just those, so a hook nobody implements costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import ClassVar
+
+from portcullis.engine.context import RequestContext
+from portcullis.engine.messages import Response, ResponseHead
+from portcullis.engine.phases import Phase
+from portcullis.engine.services import Services
+
+# A request hook answers now (Response), lets the request go on (None), or, when it must
+# wait for I/O, returns an awaitable of either. Synchronous answers keep the fast path free
+# of tasks; the engine only schedules a task when a hook really awaits.
+RequestOutcome = Response | None | Awaitable[Response | None]
+
+
+class Filter:
+    kind: ClassVar[str] = ""
+    phase: ClassVar[Phase] = Phase.RESPOND
+
+    async def start(self, services: Services) -> None:
+        """Open clients, fetch keys ...; called once before the config serves traffic."""
+
+    def on_request(self, ctx: RequestContext) -> RequestOutcome:
+        return None
+
+    def on_request_body(self, ctx: RequestContext, chunk: bytes, end: bool) -> Response | None:
+        return None
+
+    def on_upstream_response(self, ctx: RequestContext, head: ResponseHead) -> None:
+        """Changes here are what a cache would store."""
+
+    def on_response(self, ctx: RequestContext, head: ResponseHead) -> None:
+        """Changes here reach the client only (also applied to responses the proxy makes)."""
+
+    def on_response_body(self, ctx: RequestContext, chunk: bytes, end: bool) -> bytes:
+        return chunk
+
+    def on_log(self, ctx: RequestContext) -> None:
+        """Runs exactly once per request; must not raise."""
+
+    async def close(self) -> None:
+        """Release what `start` opened."""

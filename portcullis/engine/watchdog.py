@@ -1,0 +1,54 @@
+"""A coarse clock for every timeout in a worker.
+
+Connections keep a `deadline` (0 means none) and the watchdog checks them four times a second.
+Setting an attribute per request is far cheaper than arming and cancelling a timer handle per
+request, and a quarter-second of slack is fine for timeouts counted in seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+TICK = 0.25
+
+
+class Timed(Protocol):
+    deadline: float
+
+    def on_deadline(self) -> None: ...
+
+
+class Watchdog:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.now = loop.time()
+        self._watched: set[Timed] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._handle = self.loop.call_later(TICK, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def watch(self, item: Timed) -> None:
+        self._watched.add(item)
+
+    def unwatch(self, item: Timed) -> None:
+        self._watched.discard(item)
+
+    def _tick(self) -> None:
+        self.now = now = self.loop.time()
+        expired = [item for item in self._watched if 0 < item.deadline <= now]
+        for item in expired:
+            item.deadline = 0.0
+            try:
+                item.on_deadline()
+            except Exception:  # a timeout handler must never stop the clock
+                import logging
+
+                logging.getLogger("portcullis").exception("deadline handler failed")
+        self._handle = self.loop.call_later(TICK, self._tick)

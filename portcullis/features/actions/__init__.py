@@ -1,0 +1,1 @@
+"""Route actions: header edits, path rewrites, redirects and fixed responses."""

@@ -1,0 +1,1 @@
+"""The master process: sockets, workers, signals, reload."""

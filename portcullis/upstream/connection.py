@@ -1,0 +1,223 @@
+"""One HTTP/1.1 connection to an upstream peer, used by one exchange at a time."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, cast
+
+import httptools
+
+from portcullis.engine.errors import ErrorKind, ProxyError
+from portcullis.engine.messages import Headers
+
+if TYPE_CHECKING:
+    from portcullis.engine.exchange import Exchange
+    from portcullis.engine.watchdog import Watchdog
+    from portcullis.upstream.pool import Pool
+
+# what the connection is doing, for the watchdog
+_IDLE, _WAITING, _READING, _TUNNEL = range(4)
+
+
+class UpstreamConnection(asyncio.Protocol):
+    __slots__ = (
+        "_head_only",
+        "_headers",
+        "_in_trailers",
+        "_parser",
+        "_reason",
+        "_state",
+        "_trailers",
+        "closed",
+        "deadline",
+        "exchange",
+        "got_bytes",
+        "pool",
+        "transport",
+        "watchdog",
+    )
+
+    def __init__(self, pool: Pool, watchdog: Watchdog) -> None:
+        self.pool = pool
+        self.watchdog = watchdog
+        self.transport: asyncio.Transport | None = None
+        self.exchange: Exchange | None = None
+        self.deadline = 0.0
+        self.closed = False
+        self.got_bytes = False
+        self._state = _IDLE
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: Headers = []
+        self._trailers: Headers | None = None
+        self._in_trailers = False
+        self._reason = b""
+        self._head_only = False
+
+    # ------------------------------------------------------------------ asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        self.watchdog.watch(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        exchange = self.exchange
+        if self._state == _TUNNEL:
+            if exchange is not None:
+                exchange.tunnel_from_upstream(data)
+            return
+        if exchange is None or self._parser is None:
+            # bytes nobody asked for: this connection cannot be trusted any more
+            self.close()
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            offset = upgrade.args[0]
+            self._state = _TUNNEL
+            self.deadline = 0.0
+            exchange.upstream_upgraded(data[offset:])
+        except httptools.HttpParserError as exc:
+            self.close()
+            exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_PROTOCOL, f"invalid response: {exc}"))
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.watchdog.unwatch(self)
+        exchange = self.exchange
+        self.exchange = None
+        if exchange is None:
+            self.pool.discard(self)
+            return
+        if self._state == _TUNNEL:
+            exchange.tunnel_closed()
+        elif self._state == _READING and exchange.response_close_delimited:
+            # a response without Content-Length or chunking ends when the peer closes
+            exchange.upstream_complete(None, reusable=False)
+        else:
+            detail = f"upstream closed the connection: {exc}" if exc else "upstream closed the connection"
+            exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_RESET, detail))
+
+    def pause_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_paused()
+
+    def resume_writing(self) -> None:
+        if self.exchange is not None:
+            self.exchange.upstream_write_resumed()
+
+    # ------------------------------------------------------------------ parser callbacks
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._in_trailers:
+            assert self._trailers is not None
+            self._trailers.append((name, value))
+        else:
+            self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None and self.exchange is not None
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # interim answers (100 Continue ...) are ours to send, not the peer's
+            self._headers = []
+            self._reason = b""
+            return
+        self._state = _READING
+        self.deadline = self.watchdog.now + self.exchange.idle_timeout()
+        headers, self._headers = self._headers, []
+        self.exchange.upstream_head(status, headers, self._parser.should_keep_alive())
+        if self._head_only and self.exchange is not None and status != 101:
+            self._finish()
+
+    def on_body(self, body: bytes) -> None:
+        self.deadline = self.watchdog.now + (self.exchange.idle_timeout() if self.exchange else 0.0)
+        if self.exchange is not None:
+            self.exchange.upstream_body(body)
+
+    def on_chunk_complete(self) -> None:
+        # the header callbacks after the last chunk are trailers
+        if self._trailers is None:
+            self._trailers = []
+        self._in_trailers = True
+
+    def on_chunk_header(self) -> None:
+        self._in_trailers = False
+
+    def on_message_complete(self) -> None:
+        if self._state == _READING and not self._head_only:
+            self._finish()
+
+    # ------------------------------------------------------------------ used by the exchange
+    def reusable(self) -> bool:
+        return not self.closed and self.transport is not None and not self.transport.is_closing()
+
+    def park(self, deadline: float) -> None:
+        """Back to the pool: idle until `deadline`."""
+        self.exchange = None
+        self._parser = None
+        self._state = _IDLE
+        self.deadline = deadline
+
+    def bind(self, exchange: Exchange, head_only: bool, response_timeout: float) -> None:
+        self.exchange = exchange
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._trailers = None
+        self._in_trailers = False
+        self._reason = b""
+        self._head_only = head_only
+        self._state = _WAITING
+        self.got_bytes = False
+        self.deadline = self.watchdog.now + response_timeout
+
+    def write(self, data: bytes) -> None:
+        if self.transport is not None:
+            self.transport.write(data)
+
+    def pause_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
+
+    def close(self) -> None:
+        self.exchange = None
+        self.deadline = 0.0
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.exchange = None
+        self.deadline = 0.0
+        if self.transport is not None:
+            self.transport.abort()
+
+    def on_deadline(self) -> None:
+        exchange = self.exchange
+        if exchange is None:  # idle in the pool too long
+            self.pool.discard(self)
+            self.close()
+            return
+        self.abort()
+        if self._state == _WAITING:
+            exchange.upstream_failed(
+                ProxyError(ErrorKind.UPSTREAM_TIMEOUT, "upstream sent no response in time")
+            )
+        else:
+            exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_TIMEOUT, "upstream stalled mid-response"))
+
+    # ------------------------------------------------------------------ internals
+    def _finish(self) -> None:
+        exchange = self.exchange
+        assert exchange is not None and self._parser is not None
+        reusable = self._parser.should_keep_alive()
+        self._state = _IDLE
+        self.deadline = 0.0
+        exchange.upstream_complete(self._trailers, reusable=reusable)

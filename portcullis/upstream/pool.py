@@ -1,0 +1,43 @@
+"""A bounded keep-alive pool of idle connections to one peer."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from portcullis.upstream.connection import UpstreamConnection
+
+
+class Pool:
+    __slots__ = ("busy", "idle", "idle_timeout", "max_idle")
+
+    def __init__(self, max_idle: int, idle_timeout: float) -> None:
+        self.max_idle = max_idle
+        self.idle_timeout = idle_timeout
+        self.idle: list[UpstreamConnection] = []
+        self.busy = 0
+
+    def acquire(self) -> UpstreamConnection | None:
+        """The most recently used idle connection that is still open (LIFO keeps few sockets warm)."""
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.reusable():
+                return conn
+            conn.close()
+        return None
+
+    def release(self, conn: UpstreamConnection, now: float) -> None:
+        if len(self.idle) >= self.max_idle or not conn.reusable():
+            conn.close()
+            return
+        conn.park(now + self.idle_timeout)
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close_all(self) -> None:
+        while self.idle:
+            self.idle.pop().close()

@@ -1,0 +1,1 @@
+"""One event loop serving a compiled `Runtime`."""

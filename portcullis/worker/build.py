@@ -1,0 +1,89 @@
+"""Compile a validated `Config` into the `Runtime` a worker serves."""
+
+from __future__ import annotations
+
+import re
+
+from portcullis.config.schema import Config, Route
+from portcullis.config.units import parse_address
+from portcullis.engine.chain import compile_chain
+from portcullis.engine.services import Services
+from portcullis.engine.watchdog import Watchdog
+from portcullis.features.registry import build_filter
+from portcullis.routing.router import CompiledRoute, HostMatcher, Router
+from portcullis.upstream.group import Peer, UpstreamGroup
+from portcullis.upstream.pool import Pool
+from portcullis.worker.runtime import ListenerRuntime, Runtime
+
+
+def _pool_key(upstream: str, url: str) -> str:
+    return f"{upstream}|{url}"
+
+
+def build_upstreams(config: Config, services: Services) -> dict[str, UpstreamGroup]:
+    groups: dict[str, UpstreamGroup] = {}
+    for name, upstream in config.upstreams.items():
+        keepalive = upstream.keepalive
+        peers = []
+        for peer in upstream.peers:
+            # pools are services: a reload keeps the warm connections to peers that stay
+            pool = services.get_or_create(
+                Pool, _pool_key(name, peer.url), lambda k=keepalive: Pool(k.max_idle, k.idle_timeout)
+            )
+            pool.max_idle = keepalive.max_idle
+            pool.idle_timeout = keepalive.idle_timeout
+            peers.append(Peer(peer.url, peer.weight, pool))
+        groups[name] = UpstreamGroup(name, upstream, peers)
+    return groups
+
+
+def compile_route(
+    route: Route, config: Config, groups: dict[str, UpstreamGroup], services: Services
+) -> CompiledRoute:
+    match = route.match
+    headers = tuple(
+        (name.lower().encode(), None if value == "*" else value.encode())
+        for name, value in (match.headers or {}).items()
+    )
+    return CompiledRoute(
+        name=route.name,
+        chain=compile_chain([build_filter(f, services) for f in route.filters]),
+        upstream=groups[route.upstream] if route.upstream else None,
+        max_body=route.limits.max_body
+        if route.limits.max_body is not None
+        else config.server.limits.max_body,
+        listeners=frozenset(route.listeners) if route.listeners is not None else None,
+        host=HostMatcher(match.host) if match.host else None,
+        path=match.path,
+        path_prefix=match.path_prefix,
+        path_regex=re.compile(match.path_regex) if match.path_regex else None,
+        methods=frozenset(match.methods) if match.methods else None,
+        headers=headers,
+    )
+
+
+def build_runtime(config: Config, services: Services, watchdog: Watchdog) -> Runtime:
+    groups = build_upstreams(config, services)
+    routes = [compile_route(r, config, groups, services) for r in config.routes]
+    listeners: dict[str, ListenerRuntime] = {}
+    for listener in config.listeners:
+        host, port = parse_address(listener.listen)
+        mine = [r for r in routes if r.listeners is None or listener.name in r.listeners]
+        listeners[listener.name] = ListenerRuntime(
+            name=listener.name,
+            host=host,
+            port=port,
+            scheme="https" if listener.tls else "http",
+            router=Router(mine),
+        )
+    return Runtime(config, listeners, groups, watchdog)
+
+
+def filters_of(runtime: Runtime) -> list[object]:
+    """Every filter instance of a runtime once (for start and close)."""
+    seen: dict[int, object] = {}
+    for listener in runtime.listeners.values():
+        for route in listener.router.routes:
+            for flt in route.chain.filters:
+                seen[id(flt)] = flt
+    return list(seen.values())

@@ -1,0 +1,97 @@
+"""The immutable snapshot a worker serves: compiled listeners, routes and upstream groups,
+plus the worker-wide hooks the engine reports to."""
+
+from __future__ import annotations
+
+import ipaddress
+import itertools
+import logging
+import os
+import ssl
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from portcullis.engine.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from portcullis.config.schema import Config
+    from portcullis.engine.context import RequestContext
+    from portcullis.engine.errors import ProxyError
+    from portcullis.routing.router import Router
+    from portcullis.upstream.group import UpstreamGroup
+
+log = logging.getLogger("portcullis")
+
+
+@dataclass(slots=True)
+class ListenerRuntime:
+    name: str
+    host: str
+    port: int
+    scheme: str
+    router: Router
+    ssl_context: ssl.SSLContext | None = None
+
+
+class Runtime:
+    """Everything a request needs from the config, resolved once."""
+
+    def __init__(
+        self,
+        config: Config,
+        listeners: dict[str, ListenerRuntime],
+        upstreams: dict[str, UpstreamGroup],
+        watchdog: Watchdog,
+    ) -> None:
+        server = config.server
+        self.config = config
+        self.listeners = listeners
+        self.upstreams = upstreams
+        self.watchdog = watchdog
+        self.request_id_header = server.request_id_header.encode()
+        self.request_id_header_lower = self.request_id_header.lower()
+        self.client_header_timeout = server.timeouts.client_header
+        self.client_body_timeout = server.timeouts.client_body
+        self.keepalive_timeout = server.timeouts.keepalive
+        self.max_request_line = server.limits.max_request_line
+        self.max_header_bytes = server.limits.max_header_bytes
+        self.max_headers = server.limits.max_headers
+        self.max_body = server.limits.max_body
+        self._trusted = tuple(ipaddress.ip_network(c) for c in server.trusted_proxies)
+        # request ids: a random per-process prefix and a counter are unique and cost no syscall
+        self._id_prefix = os.urandom(6).hex()
+        self._ids = itertools.count(1)
+        self.connections = 0
+
+    def next_request_id(self) -> str:
+        return f"{self._id_prefix}{next(self._ids):010x}"
+
+    def is_trusted(self, ip: str) -> bool:
+        if not self._trusted or not ip:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._trusted)
+
+    # ------------------------------------------------------------------ engine reports
+    def connection_opened(self) -> None:
+        self.connections += 1
+
+    def connection_closed(self) -> None:
+        self.connections -= 1
+
+    def upstream_started(self, ctx: RequestContext) -> None:
+        ctx.upstream_time = self.watchdog.loop.time()
+
+    def upstream_responded(self, ctx: RequestContext) -> None:
+        if ctx.upstream_time is not None:
+            ctx.upstream_time = self.watchdog.loop.time() - ctx.upstream_time
+
+    def request_finished(self, ctx: RequestContext) -> None:
+        """Every request ends here exactly once (metrics and the access log hang off this)."""
+
+    def rejected(self, error: ProxyError, client_ip: str, request_id: str) -> None:
+        """A request refused by the codec before it became an exchange."""
+        log.info("rejected request from %s (%s): %s", client_ip, request_id, error.detail)
