@@ -7,13 +7,12 @@ key it is about.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import os
 import stat
 from collections.abc import Iterable
 
-from portcullis.config.errors import ConfigIssue, Locations, Path
+from portcullis.config.errors import ConfigIssue, Locations, Path, did_you_mean
 from portcullis.config.schema import Config, RedirectFilter, RespondFilter, RewriteFilter
 from portcullis.config.units import parse_address
 
@@ -32,11 +31,6 @@ def check_config(config: Config, locations: Locations, base_dir: str) -> list[Co
     issues += _tls_file_issues(config, locations, base_dir)
     issues += _route_issues(config, locations)
     return issues
-
-
-def _did_you_mean(word: str, choices: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _duplicates(
@@ -158,12 +152,12 @@ def _route_issues(config: Config, locations: Locations) -> list[ConfigIssue]:
         if route.upstream is not None and route.upstream not in config.upstreams:
             known = ", ".join(sorted(config.upstreams)) or "none are defined"
             reason = f"unknown upstream {route.upstream!r} (upstreams: {known})"
-            issues.append(locations.issue((*here, "upstream"), reason + _did_you_mean(
+            issues.append(locations.issue((*here, "upstream"), reason + did_you_mean(
                 route.upstream, config.upstreams)))
         for j, name in enumerate(route.listeners or []):
             if name not in listener_names:
                 reason = f"unknown listener {name!r} (listeners: {', '.join(listener_names)})"
-                issues.append(locations.issue((*here, "listeners", j), reason + _did_you_mean(
+                issues.append(locations.issue((*here, "listeners", j), reason + did_you_mean(
                     name, listener_names)))
         if route.upstream is None and not any(isinstance(f, ANSWERING_FILTERS) for f in route.filters):
             issues.append(locations.issue(

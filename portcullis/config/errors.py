@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 Path = tuple[str | int, ...]
@@ -72,3 +74,9 @@ class Locations:
 def sort_issues(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     """By line, then key; exact repeats dropped."""
     return sorted(set(issues), key=lambda i: (i.file, i.line, i.key, i.reason))
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """"; did you mean 'x'?" for the closest of ``choices``, or ""."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -7,18 +7,24 @@ and the cross-reference checks are then reported against those lines as ``FILE:L
 
 from __future__ import annotations
 
-import difflib
 import os
 import types
-import typing
-from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeGuard, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
 from portcullis.config.checks import check_config
-from portcullis.config.errors import ROOT_KEY, ConfigError, ConfigIssue, Locations, Path, sort_issues
+from portcullis.config.errors import (
+    ROOT_KEY,
+    ConfigError,
+    ConfigIssue,
+    Locations,
+    Path,
+    did_you_mean,
+    sort_issues,
+)
 from portcullis.config.schema import Config
 
 __all__ = ["load_config", "load_config_text"]
@@ -30,6 +36,7 @@ MAX_DEPTH = 64
 
 _YAML = "tag:yaml.org,2002:"
 _MAP, _SEQ, _MERGE = _YAML + "map", _YAML + "seq", _YAML + "merge"
+_KINDS = {_YAML + "int": "integer", _YAML + "float": "number", _YAML + "bool": "boolean"}
 _SCALAR_TAGS = {_YAML + t for t in ("null", "bool", "int", "float", "str", "binary", "timestamp")}
 
 
@@ -115,7 +122,7 @@ class _Builder:
         line = node.start_mark.line + 1
         self.locations.record((), line)
         if isinstance(node, yaml.ScalarNode) and node.tag == _YAML + "null":
-            self._issue((), line, "the file is empty")
+            self._issue((), 1, "the file is empty")
             return None
         if not isinstance(node, yaml.MappingNode) or node.tag != _MAP:
             self._issue((), line, f"the top level must be a mapping of keys, not {_node_kind(node)}")
@@ -127,33 +134,36 @@ class _Builder:
             return None
 
     def _compose(self, text: str) -> yaml.Node | None:
+        line, reason = 1, "the file is empty"
         try:
             self._loader = yaml.SafeLoader(text)
             try:
                 node: yaml.Node | None = self._loader.get_single_node()
             finally:
                 self._loader.dispose()
+            if node is not None:
+                return node
+        except yaml.composer.ComposerError as exc:
+            if exc.problem_mark is not None:
+                line = exc.problem_mark.line + 1
+            reason = str(exc.problem)
+            if "another document" in reason:
+                reason = "the file holds more than one YAML document"
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
             line = mark.line + 1 if mark is not None else 1
-            reason = exc.problem or exc.context or "invalid YAML"
+            reason = f"YAML syntax error: {exc.problem or exc.context}"
             if exc.context and exc.context_mark is not None and exc.problem:
                 reason += f" ({exc.context} at line {exc.context_mark.line + 1})"
-            self._issue((), line, f"YAML syntax error: {reason}")
-            return None
         except yaml.reader.ReaderError as exc:
             line = text.count("\n", 0, exc.position) + 1
-            self._issue((), line, f"character {chr(exc.character)!r} is not allowed in YAML")
-            return None
+            reason = f"character {chr(exc.character)!r} is not allowed in YAML"
         except yaml.YAMLError as exc:
-            self._issue((), 1, f"YAML error: {exc}")
-            return None
+            reason = f"YAML error: {exc}"
         except RecursionError:
-            self._issue((), 1, "the document is nested too deeply")
-            return None
-        if node is None:
-            self._issue((), 1, "the file is empty")
-        return node
+            reason = "the document is nested too deeply"
+        self._issue((), line, reason)
+        return None
 
     def _tick(self) -> None:
         self._count += 1
@@ -171,9 +181,8 @@ class _Builder:
         if id(node) in self._active:
             self._issue(path, line, "an alias refers to a value that contains it", bad_value=True)
             return None
-        expected = _MAP if isinstance(node, yaml.MappingNode) else _SEQ
-        if node.tag != expected:
-            self._issue(path, line, f"unsupported YAML tag {node.tag!r}", bad_value=True)
+        if node.tag != (_MAP if isinstance(node, yaml.MappingNode) else _SEQ):
+            self._issue(path, line, f"unsupported YAML tag {_tag(node.tag)!r}", bad_value=True)
             return None
         self._active.add(id(node))
         try:
@@ -190,13 +199,13 @@ class _Builder:
     def _scalar(self, node: yaml.ScalarNode, path: Path) -> object:
         line = node.start_mark.line + 1
         if node.tag not in _SCALAR_TAGS:
-            self._issue(path, line, f"unsupported YAML tag {node.tag!r}", bad_value=True)
+            self._issue(path, line, f"unsupported YAML tag {_tag(node.tag)!r}", bad_value=True)
             return None
         assert self._loader is not None
         try:
             return self._loader.construct_object(node, deep=True)
         except Exception:
-            kind = node.tag.removeprefix(_YAML)
+            kind = _KINDS.get(node.tag, _tag(node.tag))
             self._issue(path, line, f"{_short(node.value)} is not a valid {kind}", bad_value=True)
             return None
 
@@ -240,11 +249,15 @@ class _Builder:
         return sources
 
 
+def _tag(tag: str) -> str:
+    return tag.replace(_YAML, "!!", 1)
+
+
 def _node_kind(node: yaml.Node) -> str:
     if isinstance(node, yaml.SequenceNode):
         return "a list"
     if isinstance(node, yaml.MappingNode):
-        return f"a value tagged {node.tag!r}"
+        return f"a value tagged {_tag(node.tag)!r}"
     return f"the value {_short(node.value)}"
 
 
@@ -269,16 +282,18 @@ def _members(tp: Any) -> list[Any]:
     return [tp]
 
 
+def _is_model(tp: object) -> TypeGuard[type[BaseModel]]:
+    return isinstance(tp, type) and issubclass(tp, BaseModel)
+
+
 def _model(tp: Any) -> type[BaseModel] | None:
     members = _members(tp)
-    if len(members) == 1 and isinstance(members[0], type) and issubclass(members[0], BaseModel):
-        return members[0]
-    return None
+    return members[0] if len(members) == 1 and _is_model(members[0]) else None
 
 
 def _type_tags(model: object) -> tuple[object, ...]:
     """The values of a filter model's ``type`` tag (empty for anything else)."""
-    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+    if not _is_model(model):
         return ()
     field = model.model_fields.get("type")
     if field is None or get_origin(field.annotation) is not Literal:
@@ -341,17 +356,11 @@ def _walk(err: ErrorDetails, data: object) -> tuple[Path, Any, object]:
 
 
 def _describe(value: object) -> str:
-    if value is None:
-        return "an empty value"
-    if isinstance(value, bool):
-        return "true" if value else "false"
+    if value is None or isinstance(value, bool):
+        return {None: "an empty value", True: "true", False: "false"}[value]
     if isinstance(value, int | float | str):
         return _short(value)
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return f"a {type(value).__name__}"
+    return "a mapping" if isinstance(value, dict) else f"a {type(value).__name__}"
 
 
 _EXPECTED = {
@@ -361,11 +370,12 @@ _EXPECTED = {
     "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type": "a mapping",
     "none_required": "an empty value",
 }
-
-
-def _did_you_mean(word: str, choices: typing.Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+_LIMITS = {
+    "too_short": "must have at least {min_length} item(s)",
+    "too_long": "must have at most {max_length} item(s)",
+    "greater_than_equal": "must be at least {ge}", "greater_than": "must be more than {gt}",
+    "less_than_equal": "must be at most {le}", "less_than": "must be less than {lt}",
+}
 
 
 def _reason(err: ErrorDetails, path: Path, container_tp: Any, container: object) -> tuple[str | None, str]:
@@ -379,14 +389,14 @@ def _reason(err: ErrorDetails, path: Path, container_tp: Any, container: object)
             tag = container.get("type")
             model = next((m for m in _members(container_tp) if tag in _type_tags(m)), None)
         known = list(model.model_fields) if model is not None else []
-        return None, "unknown key" + _did_you_mean(str(err["loc"][-1]), known)
+        return None, "unknown key" + did_you_mean(str(err["loc"][-1]), known)
     if kind in ("union_tag_invalid", "union_tag_not_found"):
         tags = [str(t) for m in _members(container_tp) for t in _type_tags(m)]
         choices = ", ".join(tags)
         tag = ctx.get("tag")
         if kind == "union_tag_not_found" or tag is None:
             return None, f"required key is missing: the filter type, one of {choices}"
-        hint = _did_you_mean(str(tag), tags)
+        hint = did_you_mean(str(tag), tags)
         return None, f"unknown type {_short(tag)} (expected one of: {choices})" + hint
     if kind in ("value_error", "assertion_error"):
         msg = err["msg"]
@@ -399,21 +409,13 @@ def _reason(err: ErrorDetails, path: Path, container_tp: Any, container: object)
         expected = str(ctx.get("expected", "one of the allowed values"))
         field_tp = _strip(_child(container_tp, path[-1])) if path else None
         if get_origin(field_tp) is Literal and isinstance(value, str):
-            hint = _did_you_mean(value, [str(v) for v in get_args(field_tp)])
+            hint = did_you_mean(value, [str(v) for v in get_args(field_tp)])
     if expected is not None:
         return expected, f"expected {expected}, got {_describe(value)}{hint}"
-    limits = {
-        "too_short": "must have at least {min_length} item(s)",
-        "too_long": "must have at most {max_length} item(s)",
-        "greater_than_equal": "must be at least {ge}", "greater_than": "must be more than {gt}",
-        "less_than_equal": "must be at most {le}", "less_than": "must be less than {lt}",
-    }
-    if kind in limits:
-        try:
-            return None, limits[kind].format(**ctx)
-        except (KeyError, IndexError, ValueError):
-            pass
-    return None, err["msg"]
+    try:
+        return None, _LIMITS[kind].format_map(ctx)
+    except (KeyError, IndexError, ValueError):
+        return None, err["msg"]
 
 
 def schema_issues(

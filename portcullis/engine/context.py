@@ -17,11 +17,14 @@ class RequestContext:
         "bytes_out",
         "client_ip",
         "client_port",
+        "connection",
         "decision",
         "error",
         "headers",
         "host",
+        "host_header",
         "identity",
+        "incoming_request_id",
         "listener",
         "method",
         "path",
@@ -51,6 +54,9 @@ class RequestContext:
         scheme: str,
         listener: str,
         started: float,
+        host_header: bytes | None = None,
+        connection: bytes | None = None,
+        incoming_request_id: bytes | None = None,
     ) -> None:
         self.method = method
         self.target = target
@@ -65,6 +71,11 @@ class RequestContext:
         self.scheme = scheme
         self.listener = listener
         self.started = started
+        self.host_header = host_header
+        """The Host the client sent (or the authority of an absolute-form target)."""
+        self.connection = connection
+        """The client's Connection header: it names more hop-by-hop fields."""
+        self.incoming_request_id = incoming_request_id
         self.request_id = ""
         self.route: CompiledRoute | None = None
         self.upstream_path: bytes = target

@@ -19,6 +19,9 @@ class Downstream(Protocol):
 
     def send_body(self, data: bytes) -> None: ...
 
+    def flush(self) -> None:
+        """Send what the codec holds back (a head waiting to leave with its first body bytes)."""
+
     def send_end(self, trailers: Headers | None) -> None: ...
 
     def send_continue(self) -> None:

@@ -116,7 +116,7 @@ class Exchange:
             self._forward()
 
     def _incoming_request_id(self) -> str | None:
-        value = self.ctx.header(self.runtime.request_id_header_lower)
+        value = self.ctx.incoming_request_id
         if value and len(value) <= 200 and value.isascii():
             return value.decode("ascii")
         return None
@@ -285,10 +285,11 @@ class Exchange:
                     ProxyError(ErrorKind.UPSTREAM_PROTOCOL, "101 without an upgrade request")
                 )
             return  # the switch itself happens in upstream_upgraded
-        headers, length, chunked = response_headers(raw_headers)
+        upstream = response_headers(raw_headers, self.runtime.request_id_header_lower)
+        length = upstream.length
         no_body = self._head_only or status in (204, 304)
-        self.response_close_delimited = length is None and not chunked and not no_body
-        head = ResponseHead(status, headers)
+        self.response_close_delimited = length is None and not upstream.chunked and not no_body
+        head = ResponseHead(status, upstream.headers)
         assert self.route is not None
         chain = self.route.chain
         try:
@@ -301,7 +302,12 @@ class Exchange:
             return
         if chain.on_response_body and not no_body:
             length = None  # a body filter may change the length
-        self._send_head(head, length, no_body, close=False)
+        has_rid = upstream.has_request_id if not chain.on_response else None
+        self._send_head(head, length, no_body, False, has_rid)
+
+    def flush_downstream(self) -> None:
+        """Called after each read from the peer, so nothing waits longer than one read."""
+        self.ds.flush()
 
     def upstream_body(self, chunk: bytes) -> None:
         if self.finished:
@@ -404,19 +410,15 @@ class Exchange:
         """Answer with a response made by the proxy (a filter's, or an error)."""
         if self.finished or self.head_sent:
             return
-        headers = list(response.headers)
-        head = ResponseHead(response.status, headers)
+        head = ResponseHead(response.status, list(response.headers))
         if self.route is not None:
             try:
                 for hook in self.route.chain.on_response:
                     hook(self.ctx, head)
             except Exception:
                 log.exception("response filter failed on a generated response")
-        rid_name = self.runtime.request_id_header
-        if self.ctx.request_id and head.get(rid_name.lower()) is None:
-            headers.append((rid_name, self.ctx.request_id.encode()))
         no_body = self._head_only or response.status in (204, 304)
-        self._send_head(head, len(response.body), no_body, close=not self.req_done)
+        self._send_head(head, len(response.body), no_body, not self.req_done, None)
         if response.body and not no_body:
             self.ctx.bytes_out += len(response.body)
             self.ds.send_body(response.body)
@@ -458,12 +460,17 @@ class Exchange:
         self._finish(keep_alive=False)
 
     # ================================================================== internals
-    def _send_head(self, head: ResponseHead, length: int | None, no_body: bool, close: bool) -> None:
+    def _send_head(
+        self, head: ResponseHead, length: int | None, no_body: bool, close: bool, has_rid: bool | None
+    ) -> None:
+        """`has_rid`: whether the head already carries a request id (None: look)."""
         self.head_sent = True
         self.ctx.status = head.status
-        rid_name = self.runtime.request_id_header
-        if self.ctx.request_id and head.get(rid_name.lower()) is None:
-            head.headers.append((rid_name, self.ctx.request_id.encode()))
+        runtime = self.runtime
+        if has_rid is None:
+            has_rid = head.get(runtime.request_id_header_lower) is not None
+        if not has_rid and self.ctx.request_id:
+            head.headers.append((runtime.request_id_header, self.ctx.request_id.encode()))
         self.ds.send_head(head.status, head.headers, length, no_body, close)
 
     def _drop_upstream(self) -> None:

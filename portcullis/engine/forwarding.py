@@ -14,11 +14,21 @@ HOP_BY_HOP: Final = frozenset(
 _FORWARDED: Final = frozenset({b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"forwarded"})
 # request headers the engine writes itself
 _REQUEST_SKIP: Final = HOP_BY_HOP | _FORWARDED | {b"content-length", b"expect"}
-_RESPONSE_SKIP: Final = HOP_BY_HOP
+_RESPONSE_SKIP: Final = HOP_BY_HOP | {b"content-length"}
 
 
-def connection_tokens(value: bytes) -> frozenset[bytes]:
-    return frozenset(t.strip().lower() for t in value.split(b",") if t.strip())
+_PLAIN_CONNECTION: Final = frozenset({b"keep-alive", b"close", b"upgrade"})
+_NO_TOKENS: Final[frozenset[bytes]] = frozenset()
+
+
+def connection_tokens(value: bytes | None) -> frozenset[bytes]:
+    """The field names a Connection header marks as hop-by-hop (beyond the fixed set)."""
+    if value is None:
+        return _NO_TOKENS
+    lowered = value.lower()
+    if lowered in _PLAIN_CONNECTION:
+        return _NO_TOKENS
+    return frozenset(t.strip() for t in lowered.split(b",") if t.strip()) - HOP_BY_HOP - {b"close"}
 
 
 def _node(ip: str) -> str:
@@ -34,14 +44,13 @@ def upstream_request_head(
 ) -> bytes:
     """The request head sent to the peer. `framing` is the body framing line(s) to add."""
     drop = _REQUEST_SKIP
-    conn_value = ctx.header(b"connection")
-    named = connection_tokens(conn_value) if conn_value else frozenset()
+    named = connection_tokens(ctx.connection)
     rid_lower = request_id_header.lower()
     xff = xfp = xfh = fwd = None
     lines = [ctx.method.encode("latin-1"), b" ", ctx.upstream_path, b" HTTP/1.1\r\n"]
     for name, value in ctx.headers:
         lname = name.lower()
-        if lname in drop or lname in named or lname == rid_lower:
+        if lname in drop or lname == rid_lower or (named and lname in named):
             if trusted:
                 if lname == b"x-forwarded-for":
                     xff = value if xff is None else xff + b", " + value
@@ -54,19 +63,13 @@ def upstream_request_head(
             continue
         lines += (name, b": ", value, b"\r\n")
     ip = ctx.client_ip.encode()
-    host = ctx.header(b"host") or ctx.host.encode()
+    host = ctx.host_header or ctx.host.encode()
     proto = ctx.scheme.encode()
     lines += (
-        b"X-Forwarded-For: ",
-        ip if xff is None else xff + b", " + ip,
-        b"\r\n",
-        b"X-Forwarded-Proto: ",
-        xfp or proto,
-        b"\r\n",
-        b"X-Forwarded-Host: ",
-        xfh or host,
-        b"\r\n",
-    )
+        b"X-Forwarded-For: ", ip if xff is None else xff + b", " + ip, b"\r\n",
+        b"X-Forwarded-Proto: ", xfp or proto, b"\r\n",
+        b"X-Forwarded-Host: ", xfh or host, b"\r\n",
+    )  # fmt: skip
     this_hop = b'for=%s;proto=%s;host="%s"' % (_node(ctx.client_ip).encode(), proto, host)
     lines += (b"Forwarded: ", this_hop if fwd is None else fwd + b", " + this_hop, b"\r\n")
     lines += (request_id_header, b": ", ctx.request_id.encode(), b"\r\n")
@@ -76,26 +79,38 @@ def upstream_request_head(
     return b"".join(lines)
 
 
-def response_headers(headers: Headers) -> tuple[Headers, int | None, bool]:
-    """Strip hop-by-hop fields from an upstream response head.
+class UpstreamHead:
+    """An upstream response head with hop-by-hop fields removed and its framing read out."""
 
-    Returns (headers, content length or None, chunked)."""
-    conn_value = None
-    for name, value in headers:
-        if name.lower() == b"connection":
-            conn_value = value if conn_value is None else conn_value + b"," + value
-    named = connection_tokens(conn_value) if conn_value else frozenset()
+    __slots__ = ("chunked", "has_request_id", "headers", "length")
+
+    def __init__(self, headers: Headers, length: int | None, chunked: bool, has_request_id: bool) -> None:
+        self.headers = headers
+        self.length = length
+        self.chunked = chunked
+        self.has_request_id = has_request_id
+
+
+def response_headers(headers: Headers, request_id_lower: bytes) -> UpstreamHead:
+    """Strip hop-by-hop fields (and Content-Length, which the codec writes) in one pass."""
     out: Headers = []
     length: int | None = None
-    chunked = False
+    chunked = has_rid = False
+    conn_value: bytes | None = None
     for name, value in headers:
         lname = name.lower()
-        if lname in _RESPONSE_SKIP or lname in named:
+        if lname in _RESPONSE_SKIP:
             if lname == b"transfer-encoding":
                 chunked = True
+            elif lname == b"content-length":
+                length = int(value)
+            elif lname == b"connection":
+                conn_value = value if conn_value is None else conn_value + b"," + value
             continue
-        if lname == b"content-length":
-            length = int(value)  # the codec writes the framing itself
-            continue
+        if lname == request_id_lower:
+            has_rid = True
         out.append((name, value))
-    return out, length, chunked
+    named = connection_tokens(conn_value)
+    if named:
+        out = [(k, v) for k, v in out if k.lower() not in named]
+    return UpstreamHead(out, length, chunked, has_rid)

@@ -1,26 +1,24 @@
-"""The HTTP/1.1 client side: strict parsing (RFC 9112) with httptools, keep-alive, pipelining.
+"""The HTTP/1.1 client connection: keep-alive, pipelining, timeouts and response writing.
 
-Malformed input is answered here with a 4xx and the connection is closed; nothing ambiguous
-ever reaches an exchange, so it never reaches an upstream.
+Parsing is the sans-IO `H1RequestReader`'s; malformed input is answered here with a 4xx and
+the connection closed, so nothing ambiguous ever becomes an exchange or reaches an upstream.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Final, cast
-
-import httptools
+from typing import TYPE_CHECKING, cast
 
 from portcullis.engine.context import RequestContext
 from portcullis.engine.errors import ErrorKind, ProxyError, reason_phrase, render_error
 from portcullis.engine.exchange import Exchange
 from portcullis.engine.messages import Headers
+from portcullis.http.h1 import H1RequestReader, RequestHead, UpgradeRequested
 
 if TYPE_CHECKING:
     from portcullis.worker.runtime import ListenerRuntime, Runtime
 
-_SPECIAL: Final = frozenset({b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade"})
 _STATUS_LINES: dict[int, bytes] = {}
 
 # connection states, for the watchdog
@@ -34,38 +32,20 @@ def status_line(status: int) -> bytes:
     return line
 
 
-class _Closing(Exception):
-    """Stops the parser once the connection is being closed."""
-
-
-class H1Connection(asyncio.Protocol):
+class H1Connection(H1RequestReader, asyncio.Protocol):
     __slots__ = (
         "_active",
-        "_body_expected",
-        "_chunked",
         "_closing",
-        "_content_length",
-        "_expect",
-        "_head_bytes",
-        "_header_bytes",
-        "_headers",
-        "_host",
-        "_host_count",
-        "_in_trailers",
         "_keep_alive",
         "_listener",
-        "_parser",
+        "_out",
         "_pending_error",
         "_queue",
         "_reading",
         "_resp_chunked",
         "_runtime",
         "_state",
-        "_trailers",
         "_tunnel_pending",
-        "_upgrade",
-        "_upgrading",
-        "_url",
         "_version",
         "client_ip",
         "client_port",
@@ -75,6 +55,7 @@ class H1Connection(asyncio.Protocol):
     )
 
     def __init__(self, runtime: Runtime, listener: ListenerRuntime) -> None:
+        super().__init__(runtime.h1_settings)
         self._runtime = runtime
         self._listener = listener
         self.transport: asyncio.Transport | None = None
@@ -82,33 +63,16 @@ class H1Connection(asyncio.Protocol):
         self.trusted = False
         self.client_ip = ""
         self.client_port = 0
-        self._parser = httptools.HttpRequestParser(self)
         self._state = _IDLE
         self._closing = False
         self._active: Exchange | None = None
         self._reading: Exchange | None = None
         self._queue: deque[Exchange] | None = None
         self._pending_error: ProxyError | None = None
-        self._upgrading = False
         self._tunnel_pending: list[bytes] | None = None
         self._resp_chunked = False
+        self._out: bytes | None = None
         self._keep_alive = True
-        self._head_bytes = 0
-        self._reset_head()
-
-    def _reset_head(self) -> None:
-        self._url = b""
-        self._headers: Headers = []
-        self._header_bytes = 0
-        self._host: bytes | None = None
-        self._host_count = 0
-        self._content_length: int | None = None
-        self._chunked = False
-        self._expect = False
-        self._upgrade: bytes | None = None
-        self._trailers: Headers | None = None
-        self._in_trailers = False
-        self._body_expected = False
         self._version = "1.1"
 
     # ================================================================== asyncio callbacks
@@ -121,53 +85,28 @@ class H1Connection(asyncio.Protocol):
         self.trusted = runtime.is_trusted(self.client_ip)
         self.deadline = runtime.watchdog.now + runtime.client_header_timeout
         runtime.watchdog.watch(self)
-        runtime.connection_opened()
+        runtime.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         if self._state == _TUNNEL:
             if self._active is not None:
                 self._active.tunnel_from_downstream(data)
             return
-        if self._closing:
+        if self._tunnel_pending is not None:  # waiting for the peer's 101
+            self._tunnel_pending.append(data)
             return
-        if self._upgrading:
-            if self._tunnel_pending is not None:
-                self._tunnel_pending.append(data)
+        if self._closing:
             return
         if self._state == _IDLE:
             self._state = _HEAD
-            self._head_bytes = 0
             self.deadline = self._runtime.watchdog.now + self._runtime.client_header_timeout
         try:
-            self._parser.feed_data(data)
-        except httptools.HttpParserUpgrade as upgrade:
-            self._upgrading = True
-            self._tunnel_pending = [data[upgrade.args[0] :]]
-            assert self.transport is not None
-            self.transport.pause_reading()
-            return
-        except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
-            if isinstance(cause, _Closing):
-                return
-            if isinstance(cause, ProxyError):
-                self._protocol_error(cause)
-            else:
-                self._protocol_error(ProxyError(ErrorKind.INTERNAL, "internal error"))
-                raise
-            return
-        except httptools.HttpParserError as exc:
-            self._protocol_error(ProxyError(ErrorKind.BAD_REQUEST, f"malformed request: {exc}"))
-            return
-        if self._state == _HEAD:
-            # an unfinished head is buffered inside the parser: bound it
-            self._head_bytes += len(data)
-            limits = self._runtime
-            if self._head_bytes > limits.max_header_bytes + limits.max_request_line:
-                if not self._url or len(self._url) > limits.max_request_line:
-                    self._protocol_error(ProxyError(ErrorKind.URI_TOO_LONG, "request line too long"))
-                else:
-                    self._protocol_error(ProxyError(ErrorKind.HEADERS_TOO_LARGE, "request head too large"))
+            self.feed(data)
+        except UpgradeRequested as upgrade:
+            self._tunnel_pending = [upgrade.leftover]
+            self.pause_reading()
+        except ProxyError as error:
+            self._protocol_error(error)
 
     def eof_received(self) -> bool:
         # a client that half-closes after its request still gets the answer
@@ -175,10 +114,11 @@ class H1Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self.stop_parsing()
         self.deadline = 0.0
         runtime = self._runtime
         runtime.watchdog.unwatch(self)
-        runtime.connection_closed()
+        runtime.connection_closed(self)
         active = self._active
         self._active = None
         if active is not None:
@@ -204,89 +144,22 @@ class H1Connection(asyncio.Protocol):
         elif state == _IDLE:
             self._close()
 
-    # ================================================================== parser callbacks
-    def on_message_begin(self) -> None:
-        if self._closing:
-            raise _Closing()
-        self._reset_head()
-
-    def on_url(self, url: bytes) -> None:
-        self._url += url
-        if len(self._url) > self._runtime.max_request_line:
-            raise ProxyError(ErrorKind.URI_TOO_LONG, "request line too long")
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_trailers:
-            assert self._trailers is not None
-            self._trailers.append((name, value))
-            return
-        headers = self._headers
-        self._header_bytes += len(name) + len(value) + 4
+    # ================================================================== request events
+    def request_head(self, head: RequestHead) -> None:
+        self._version = head.version
+        self._keep_alive = head.keep_alive
         runtime = self._runtime
-        if self._header_bytes > runtime.max_header_bytes or len(headers) >= runtime.max_headers:
-            raise ProxyError(ErrorKind.HEADERS_TOO_LARGE, "request headers too large")
-        headers.append((name, value))
-        lname = name.lower()
-        if lname in _SPECIAL:
-            if lname == b"host":
-                self._host_count += 1
-                self._host = value
-            elif lname == b"content-length":
-                self._content_length = int(value)
-            elif lname == b"transfer-encoding":
-                # RFC 9112 6.1: anything but a lone, final `chunked` is refused rather than guessed at
-                if value.strip().lower() != b"chunked":
-                    raise ProxyError(ErrorKind.BAD_REQUEST, "unsupported Transfer-Encoding")
-                self._chunked = True
-            elif lname == b"expect":
-                self._expect = value.strip().lower() == b"100-continue"
-            else:
-                self._upgrade = value
-
-    def on_headers_complete(self) -> None:
-        parser = self._parser
-        version = parser.get_http_version()
-        if version not in ("1.1", "1.0"):
-            raise ProxyError(ErrorKind.VERSION_NOT_SUPPORTED, f"HTTP/{version} is not supported here")
-        if self._host_count > 1:
-            raise ProxyError(ErrorKind.BAD_REQUEST, "repeated Host header")
-        if self._host_count == 0 and version == "1.1":
-            raise ProxyError(ErrorKind.BAD_REQUEST, "missing Host header")
-        method = parser.get_method().decode("latin-1")
-        if method == "CONNECT":
-            raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, "CONNECT is not supported")
-        url = self._url
-        if not url.startswith(b"/"):
-            if url == b"*" and method == "OPTIONS":
-                pass
-            elif url.startswith((b"http://", b"https://")):
-                # absolute form (RFC 9112 3.2.2): the target's authority wins over Host
-                _, _, rest = url.partition(b"://")
-                authority, slash, path = rest.partition(b"/")
-                self._host = authority
-                url = slash + path or b"/"
-            else:
-                raise ProxyError(ErrorKind.BAD_REQUEST, "invalid request target")
-        self._version = version
-        self._keep_alive = parser.should_keep_alive()
-        runtime = self._runtime
+        listener = self._listener
         ctx = RequestContext(
-            method,
-            url,
-            self._headers,
-            version,
-            self._host_name(),
-            self.client_ip,
-            self.client_port,
-            self._listener.scheme,
-            self._listener.name,
-            runtime.watchdog.now,
+            head.method, head.target, head.headers, head.version, self._host_name(head.host),
+            self.client_ip, self.client_port, listener.scheme, listener.name, runtime.watchdog.now,
+            head.host, head.connection, head.request_id,
+        )  # fmt: skip
+        exchange = Exchange(
+            self, ctx, runtime, head.content_length, head.chunked, head.expect_continue, head.upgrade
         )
-        upgrade = self._upgrade if parser.should_upgrade() else None
-        exchange = Exchange(self, ctx, runtime, self._content_length, self._chunked, self._expect, upgrade)
         self._reading = exchange
-        self._body_expected = self._chunked or bool(self._content_length)
-        if self._body_expected:
+        if head.has_body:
             self._state = _BODY
             self.deadline = runtime.watchdog.now + runtime.client_body_timeout
         else:
@@ -294,40 +167,30 @@ class H1Connection(asyncio.Protocol):
             self.deadline = 0.0
         if self._active is None:
             self._active = exchange
-            exchange.begin(self._listener.router)
+            exchange.begin(listener.router)
         else:
             # pipelined: answered in order once the one before it is done
             if self._queue is None:
                 self._queue = deque()
             self._queue.append(exchange)
-            assert self.transport is not None
-            self.transport.pause_reading()
+            self.pause_reading()
 
-    def on_body(self, body: bytes) -> None:
+    def request_body(self, chunk: bytes) -> None:
         if self._state == _BODY:
             self.deadline = self._runtime.watchdog.now + self._runtime.client_body_timeout
         if self._reading is not None:
-            self._reading.request_body(body)
+            self._reading.request_body(chunk)
 
-    def on_chunk_complete(self) -> None:
-        if self._trailers is None:
-            self._trailers = []
-        self._in_trailers = True
-
-    def on_chunk_header(self) -> None:
-        self._in_trailers = False
-
-    def on_message_complete(self) -> None:
+    def request_end(self, trailers: Headers | None) -> None:
         exchange = self._reading
         self._reading = None
-        if self._state in (_BODY, _HEAD):
+        if self._state == _BODY:
             self._state = _WAIT
             self.deadline = 0.0
         if exchange is not None:
-            exchange.request_end(self._trailers)
+            exchange.request_end(trailers)
 
-    def _host_name(self) -> str:
-        host = self._host
+    def _host_name(self, host: bytes | None) -> str:
         if not host:
             return self._listener.host
         if host.startswith(b"["):
@@ -357,22 +220,38 @@ class H1Connection(asyncio.Protocol):
             lines.append(b"Connection: keep-alive\r\n\r\n")
         else:
             lines.append(b"\r\n")
-        assert self.transport is not None
-        self.transport.write(b"".join(lines))
+        # held back until the first body bytes or `flush`: head and body leave in one send
+        self._out = b"".join(lines)
 
     def send_body(self, data: bytes) -> None:
         assert self.transport is not None
         if self._resp_chunked:
-            self.transport.write(b"%x\r\n%b\r\n" % (len(data), data))
-        else:
-            self.transport.write(data)
+            data = b"%x\r\n%b\r\n" % (len(data), data)
+        if self._out is not None:
+            data = self._out + data
+            self._out = None
+        self.transport.write(data)
 
     def send_end(self, trailers: Headers | None) -> None:
+        tail = b""
         if self._resp_chunked:
-            assert self.transport is not None
-            tail = b"".join(n + b": " + v + b"\r\n" for n, v in trailers) if trailers else b""
-            self.transport.write(b"0\r\n" + tail + b"\r\n")
+            tail = (
+                b"0\r\n"
+                + (b"".join(n + b": " + v + b"\r\n" for n, v in trailers) if trailers else b"")
+                + b"\r\n"
+            )
             self._resp_chunked = False
+        if self._out is not None:
+            tail = self._out + tail
+            self._out = None
+        if tail and self.transport is not None:
+            self.transport.write(tail)
+
+    def flush(self) -> None:
+        if self._out is not None:
+            out, self._out = self._out, None
+            if self.transport is not None:
+                self.transport.write(out)
 
     def send_continue(self) -> None:
         if self._version == "1.1" and self.transport is not None:
@@ -388,7 +267,6 @@ class H1Connection(asyncio.Protocol):
         self._state = _TUNNEL
         self.deadline = 0.0
         pending, self._tunnel_pending = self._tunnel_pending, None
-        self._upgrading = False
         if pending and self._active is not None:
             for data in pending:
                 if data:
@@ -408,13 +286,19 @@ class H1Connection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def abort(self) -> None:
+        self.flush()
         self._close()
 
     def exchange_done(self, keep_alive: bool) -> None:
         self._active = None
         if self._closing:
             return
-        if not keep_alive or not self._keep_alive or self._upgrading or self._state == _TUNNEL:
+        if (
+            not keep_alive
+            or not self._keep_alive
+            or self._tunnel_pending is not None
+            or self._state == _TUNNEL
+        ):
             self._close()
             return
         if self._pending_error is not None:
@@ -426,49 +310,46 @@ class H1Connection(asyncio.Protocol):
             nxt = self._active = queue.popleft()
             nxt.begin(self._listener.router)  # may finish at once and come back here
             return
-        if self._queue is not None and self.transport is not None:
+        if queue is not None:
             self._queue = None
-            self.transport.resume_reading()
+            self.resume_reading()
         if self._reading is None:
             self._state = _IDLE
             self.deadline = self._runtime.watchdog.now + self._runtime.keepalive_timeout
 
+    def close_if_idle(self) -> bool:
+        """Close the connection if it is between requests (drain, reload). True if it did."""
+        if self._state == _IDLE and self._active is None:
+            self._close()
+            return True
+        return False
+
     # ================================================================== errors
     def _protocol_error(self, error: ProxyError) -> None:
         """Malformed or oversized input: answer it (in order) and close."""
-        self._closing_parser()
+        self.stop_parsing()
+        self._state = _WAIT
+        self.deadline = 0.0
+        self.pause_reading()
         reading = self._reading
         if reading is not None and reading is self._active:
             reading.fail(error)
             self._close()
         elif self._active is not None:
-            self._pending_error = error  # answer once the response in progress is done
+            self._pending_error = error  # answered once the response in progress is done
         else:
             self._reject(error)
 
-    def _closing_parser(self) -> None:
-        self._state = _WAIT
-        self.deadline = 0.0
-        if self.transport is not None:
-            self.transport.pause_reading()
-
     def _reject(self, error: ProxyError) -> None:
         request_id = self._runtime.next_request_id()
-        accept = None
-        for name, value in self._headers:
-            if name.lower() == b"accept":
-                accept = value
-        content_type, body = render_error(error.status, error.detail, request_id, accept)
+        content_type, body = render_error(error.status, error.detail, request_id, self.partial_accept())
         head = (
             status_line(error.status)
-            + b"Content-Type: "
-            + content_type
+            + b"Content-Type: " + content_type
             + b"\r\nContent-Length: %d\r\n" % len(body)
-            + self._runtime.request_id_header
-            + b": "
-            + request_id.encode()
+            + self._runtime.request_id_header + b": " + request_id.encode()
             + b"\r\nConnection: close\r\n\r\n"
-        )
+        )  # fmt: skip
         if self.transport is not None:
             self.transport.write(head + body)
         self._runtime.rejected(error, self.client_ip, request_id)
@@ -478,6 +359,7 @@ class H1Connection(asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
+        self.stop_parsing()
         self.deadline = 0.0
         if self.transport is not None:
             self.transport.close()

@@ -71,6 +71,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
+            exchange.flush_downstream()
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             self._state = _TUNNEL

@@ -9,9 +9,10 @@ import logging
 import os
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from portcullis.engine.watchdog import Watchdog
+from portcullis.http.h1 import H1Settings
 
 if TYPE_CHECKING:
     from portcullis.config.schema import Config
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from portcullis.upstream.group import UpstreamGroup
 
 log = logging.getLogger("portcullis")
+
+
+class Closable(Protocol):
+    def close_if_idle(self) -> bool: ...
 
 
 @dataclass(slots=True)
@@ -53,15 +58,18 @@ class Runtime:
         self.client_header_timeout = server.timeouts.client_header
         self.client_body_timeout = server.timeouts.client_body
         self.keepalive_timeout = server.timeouts.keepalive
-        self.max_request_line = server.limits.max_request_line
-        self.max_header_bytes = server.limits.max_header_bytes
-        self.max_headers = server.limits.max_headers
+        self.h1_settings = H1Settings(
+            server.limits.max_request_line,
+            server.limits.max_header_bytes,
+            server.limits.max_headers,
+            self.request_id_header_lower,
+        )
         self.max_body = server.limits.max_body
         self._trusted = tuple(ipaddress.ip_network(c) for c in server.trusted_proxies)
         # request ids: a random per-process prefix and a counter are unique and cost no syscall
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count(1)
-        self.connections = 0
+        self.connections: set[Closable] = set()
 
     def next_request_id(self) -> str:
         return f"{self._id_prefix}{next(self._ids):010x}"
@@ -76,11 +84,15 @@ class Runtime:
         return any(addr in net for net in self._trusted)
 
     # ------------------------------------------------------------------ engine reports
-    def connection_opened(self) -> None:
-        self.connections += 1
+    def connection_opened(self, conn: Closable) -> None:
+        self.connections.add(conn)
 
-    def connection_closed(self) -> None:
-        self.connections -= 1
+    def connection_closed(self, conn: Closable) -> None:
+        self.connections.discard(conn)
+
+    def close_idle_connections(self) -> int:
+        """Close every client connection that is between requests; the number still busy."""
+        return sum(1 for conn in list(self.connections) if not conn.close_if_idle())
 
     def upstream_started(self, ctx: RequestContext) -> None:
         ctx.upstream_time = self.watchdog.loop.time()

@@ -74,7 +74,7 @@ class Worker:
         runtime = self.runtime
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while runtime is not None and runtime.connections > 0 and loop.time() < end:
+        while runtime is not None and runtime.close_idle_connections() > 0 and loop.time() < end:
             await asyncio.sleep(0.05)
         for group in runtime.upstreams.values() if runtime else ():
             for peer in group.peers:

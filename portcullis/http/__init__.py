@@ -1,0 +1,1 @@
+"""Sans-IO HTTP codecs and framing rules."""
