@@ -123,6 +123,8 @@ class ServerTimeouts(Strict):
     """Longest pause between two pieces of a request body (408 after it)."""
     keepalive: Duration = 75.0
     """How long an idle client connection is kept open between requests."""
+    shutdown: Duration = 30.0
+    """On SIGTERM, how long requests in flight may take to finish (SIGINT allows 2s at most)."""
 
 
 class ServerLimits(Strict):
@@ -284,10 +286,18 @@ class State(Strict):
     redis: str | None = None
 
 
+class AccessLog(Strict):
+    path: str = "stdout"
+    """`stdout`, `stderr` or a file (reopened on SIGUSR1, for logrotate)."""
+    format: Literal["json", "combined"] = "json"
+
+
 class Config(Strict):
     workers: int | Literal["auto"] = 1
     admin: Admin | None = None
     state: State = State()
+    access_log: AccessLog | None = None
+    """One line per request; off unless configured."""
     server: Server = Server()
     listeners: list[Listener] = Field(min_length=1)
     upstreams: dict[str, Upstream] = {}
