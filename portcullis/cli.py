@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from importlib import resources
 
@@ -14,9 +15,12 @@ DEFAULT_CONFIG_NAME = "<embedded default config>"
 
 def _load(path: str | None) -> Config:
     if path is None:
-        text = resources.files("portcullis").joinpath("default.yaml").read_text()
-        return load_config_text(text, DEFAULT_CONFIG_NAME, ".")
+        return load_config_text(_default_text(), DEFAULT_CONFIG_NAME, ".")
     return load_config(path)
+
+
+def _default_text() -> str:
+    return resources.files("portcullis").joinpath("default.yaml").read_text()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -37,7 +41,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 1
     from portcullis.supervisor.master import run
 
-    return run(config, args.config)
+    if args.config is None:
+        return run(config, _default_text(), None, ".")
+    path = os.path.abspath(args.config)
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    return run(config, text, path, os.path.dirname(path))
 
 
 def cmd_version(args: argparse.Namespace) -> int:

@@ -252,7 +252,8 @@ class Exchange:
         group = self._group
         assert group is not None
         self._conn = conn
-        self.runtime.upstream_started(self.ctx)
+        assert self._peer is not None
+        self.runtime.upstream_started(self.ctx, group.name, self._peer.label)
         conn.bind(self, self._head_only, group.response_timeout)
         if self.req_chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -278,7 +279,8 @@ class Exchange:
 
     def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool) -> None:
         ctx = self.ctx
-        self.runtime.upstream_responded(ctx)
+        if self._group is not None and self._peer is not None:
+            self.runtime.upstream_responded(ctx, self._group.name, self._peer.label)
         if status == 101:
             if self.upgrade is None:
                 self.upstream_failed(
@@ -349,6 +351,8 @@ class Exchange:
         self._conn = None
         if self.finished:
             return
+        if self._group is not None and self._peer is not None:
+            self.runtime.upstream_failed(self._group.name, self._peer.label, error)
         if (
             conn is not None
             and self._conn_reused

@@ -152,7 +152,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         listener = self._listener
         ctx = RequestContext(
             head.method, head.target, head.headers, head.version, self._host_name(head.host),
-            self.client_ip, self.client_port, listener.scheme, listener.name, runtime.watchdog.now,
+            self.client_ip, self.client_port, listener.scheme, listener.name, runtime.clock(),
             head.host, head.connection, head.request_id,
         )  # fmt: skip
         exchange = Exchange(
@@ -296,6 +296,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         if (
             not keep_alive
             or not self._keep_alive
+            or self._runtime.retired
             or self._tunnel_pending is not None
             or self._state == _TUNNEL
         ):

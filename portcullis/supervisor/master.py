@@ -1,48 +1,223 @@
-"""Start the proxy: bind the listeners, then serve them.
+"""The master process: binds the listeners, runs and replaces the workers, reloads, serves admin.
 
-With `workers: 1` the master serves in its own event loop; more workers come with the
-process supervisor.
+Workers are separate Python processes (`portcullis.worker.process`) that inherit the listening
+sockets, so the kernel spreads connections over them. A reload is checked here first; a good
+config is sent to every worker, which provisions it completely before swapping it in.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import signal
+import socket
 import sys
+import time
+from pathlib import Path
+from typing import Any
 
-import uvloop
-
-from portcullis.config.schema import Config
+from portcullis.config import Config, ConfigError, load_config_text
+from portcullis.observability.events import event, setup_logging
 from portcullis.supervisor.sockets import BindError, bind_listener
-from portcullis.worker.serve import Worker
+from portcullis.supervisor.workers import WorkerHandle
 
 log = logging.getLogger("portcullis")
 
-DRAIN_TIMEOUT = 30.0
+READY_TIMEOUT = 15.0
 
 
-async def _serve(config: Config) -> int:
+def _listener_keys(config: Config) -> dict[str, str]:
+    """What identifies a listener's socket and server: a change to any of it needs new workers."""
+    return {
+        lst.name: f"{lst.listen}|{lst.tls.model_dump_json() if lst.tls else ''}" for lst in config.listeners
+    }
+
+
+def _worker_count(config: Config) -> int:
+    return (os.cpu_count() or 1) if config.workers == "auto" else int(config.workers)
+
+
+class Master:
+    def __init__(self, config: Config, text: str, path: str | None, base_dir: str) -> None:
+        self.config = config
+        self.text = text
+        self.path = path
+        self.filename = path or "<embedded default config>"
+        self.base_dir = base_dir
+        self.generation = 1
+        self.loaded_at = time.time()
+        self.last_reload_error: str | None = None
+        self.reloads = 0
+        self.reload_failures = 0
+        self.sockets: dict[str, socket.socket] = {}
+        self.workers: list[WorkerHandle] = []
+        self.stopping = False
+        self.ready = False
+        self._reload_lock = asyncio.Lock()
+        self._stopped = asyncio.Event()
+        self._servers: list[asyncio.Server] = []
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------------ start and stop
+    async def start(self) -> None:
+        self.sockets = {lst.name: bind_listener(lst.listen) for lst in self.config.listeners}
+        if self.config.demo:
+            from portcullis.demo.upstream import start_demo_upstream
+
+            self._servers.append(await start_demo_upstream())
+        if self.config.admin is not None:
+            from portcullis.admin.api import start_admin
+
+            self._servers.append(await start_admin(self, self.config.admin))
+        await self._start_generation(_worker_count(self.config))
+        self.ready = True
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
+        loop.add_signal_handler(signal.SIGTERM, lambda: loop.create_task(self.stop(signal.SIGTERM)))
+        loop.add_signal_handler(signal.SIGINT, lambda: loop.create_task(self.stop(signal.SIGINT)))
+        loop.add_signal_handler(signal.SIGUSR1, lambda: self._signal_workers(signal.SIGUSR1))
+        event(
+            log, "started", "portcullis is serving", generation=self.generation, workers=len(self.workers),
+            listeners={lst.name: lst.listen for lst in self.config.listeners},
+        )  # fmt: skip
+
+    def config_message(self) -> dict[str, Any]:
+        return {
+            "type": "config", "generation": self.generation, "text": self.text, "filename": self.filename,
+            "base_dir": self.base_dir,
+        }  # fmt: skip
+
+    async def _start_generation(self, count: int) -> list[WorkerHandle]:
+        fresh = [WorkerHandle(self, index) for index in range(count)]
+        await asyncio.gather(*(w.spawn(self.sockets, self.config_message()) for w in fresh))
+        await asyncio.wait_for(asyncio.gather(*(w.wait_ready(self.generation) for w in fresh)), READY_TIMEOUT)
+        self.workers = fresh
+        return fresh
+
+    def worker_died(self, handle: WorkerHandle, returncode: int) -> None:
+        """Called when a worker process exits; a current worker that dies is replaced."""
+        if self.stopping or handle not in self.workers:
+            return
+        how = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
+        event(log, "worker_exit", f"worker {handle.index} (pid {handle.pid}) {how}; replacing it",
+              level=logging.WARNING, index=handle.index, worker_pid=handle.pid, returncode=returncode)  # fmt: skip
+        replacement = WorkerHandle(self, handle.index)
+        self.workers[self.workers.index(handle)] = replacement
+        asyncio.get_running_loop().create_task(replacement.spawn(self.sockets, self.config_message()))
+
+    def _signal_workers(self, sig: signal.Signals) -> None:
+        for worker in self.workers:
+            worker.send_signal(sig)
+
+    async def stop(self, sig: signal.Signals) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        event(log, "stopping", f"stopping on {sig.name}: draining requests in flight")
+        for server in self._servers:
+            server.close()
+        for worker in self.workers:
+            worker.send_signal(sig)
+        limit = self.config.server.timeouts.shutdown + 5.0
+        await asyncio.gather(*(w.wait_exit(limit) for w in self.workers))
+        for sock in self.sockets.values():
+            sock.close()
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+    # ------------------------------------------------------------------ reload
+    async def reload(self) -> tuple[bool, str | None]:
+        """Check the file again and apply it; a bad file leaves the running config in place."""
+        async with self._reload_lock:
+            if self.path is None:
+                return False, "running the embedded default config: nothing to reload"
+            try:
+                text = Path(self.path).read_text(encoding="utf-8")
+                config = load_config_text(text, self.path, self.base_dir)
+            except (OSError, UnicodeDecodeError) as exc:
+                return self._reload_failed(f"{self.path}: cannot read: {exc}")
+            except ConfigError as exc:
+                return self._reload_failed(str(exc))
+            try:
+                await self._apply(config, text)
+            except (BindError, RuntimeError, TimeoutError) as exc:
+                return self._reload_failed(str(exc) or type(exc).__name__)
+            self.reloads += 1
+            self.last_reload_error = None
+            self.loaded_at = time.time()
+            event(log, "reloaded", "configuration reloaded", generation=self.generation)
+            return True, None
+
+    def _reload_failed(self, error: str) -> tuple[bool, str]:
+        self.reload_failures += 1
+        self.last_reload_error = error
+        event(log, "reload_failed", "reload refused; the running configuration stays",
+              level=logging.ERROR, error=error)  # fmt: skip
+        return False, error
+
+    async def _apply(self, config: Config, text: str) -> None:
+        old_keys, new_keys = _listener_keys(self.config), _listener_keys(config)
+        same_shape = old_keys == new_keys and _worker_count(config) == len(self.workers)
+        previous = (self.config, self.text, self.generation)
+        self.config, self.text, self.generation = config, text, self.generation + 1
+        try:
+            if same_shape:
+                message = self.config_message()
+                await asyncio.gather(*(w.apply(message) for w in self.workers))
+                return
+            # listeners changed: bind what is new, start a new generation of workers, drain the old one
+            sockets = {}
+            for lst in config.listeners:
+                keep = (
+                    self.sockets.get(lst.name)
+                    if old_keys.get(lst.name, "").split("|")[0] == lst.listen
+                    else None
+                )
+                sockets[lst.name] = keep if keep is not None else bind_listener(lst.listen)
+        except BaseException:
+            self.config, self.text, self.generation = previous
+            raise
+        old_workers, old_sockets = self.workers, self.sockets
+        self.sockets = sockets
+        try:
+            await self._start_generation(_worker_count(config))
+        except BaseException:
+            self.config, self.text, self.generation = previous
+            self.sockets = old_sockets
+            raise
+        for worker in old_workers:
+            worker.send_signal(signal.SIGTERM)
+        for name, sock in old_sockets.items():
+            if sockets.get(name) is not sock:
+                sock.close()
+
+    # ------------------------------------------------------------------ for the admin API
+    async def collect_stats(self) -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(w.stats(timeout=2.0) for w in self.workers), return_exceptions=True)
+        return [r for r in results if isinstance(r, dict)]
+
+
+async def _main(config: Config, text: str, path: str | None, base_dir: str) -> int:
+    master = Master(config, text, path, base_dir)
     try:
-        sockets = {lst.name: bind_listener(lst.listen) for lst in config.listeners}
+        await master.start()
     except BindError as exc:
         print(f"portcullis: {exc}", file=sys.stderr)
         return 1
-    demo = None
-    if config.demo:
-        from portcullis.demo.upstream import start_demo_upstream
-
-        demo = await start_demo_upstream()
-    worker = Worker(config, sockets)
-    await worker.start()
-    worker.install_signals()
-    for lst in config.listeners:
-        log.info("listening on %s (%s)", lst.listen, lst.name)
-    await worker.stopping.wait()
-    await worker.drain(DRAIN_TIMEOUT)
-    if demo is not None:
-        demo.close()
+    except TimeoutError:
+        print("portcullis: workers did not become ready in time", file=sys.stderr)
+        await master.stop(signal.SIGTERM)
+        return 1
+    await master.wait_stopped()
+    event(log, "stopped", "portcullis stopped")
     return 0
 
 
-def run(config: Config, path: str | None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", stream=sys.stderr)
-    return uvloop.run(_serve(config))
+def run(config: Config, text: str, path: str | None, base_dir: str) -> int:
+    import uvloop
+
+    setup_logging("master")
+    return uvloop.run(_main(config, text, path, base_dir))

@@ -10,6 +10,8 @@ from portcullis.engine.chain import compile_chain
 from portcullis.engine.services import Services
 from portcullis.engine.watchdog import Watchdog
 from portcullis.features.registry import build_filter
+from portcullis.observability.access_log import AccessLog
+from portcullis.observability.stats import WorkerStats
 from portcullis.routing.router import CompiledRoute, HostMatcher, Router
 from portcullis.upstream.group import Peer, UpstreamGroup
 from portcullis.upstream.pool import Pool
@@ -62,7 +64,7 @@ def compile_route(
     )
 
 
-def build_runtime(config: Config, services: Services, watchdog: Watchdog) -> Runtime:
+def build_runtime(config: Config, services: Services, watchdog: Watchdog, generation: int = 0) -> Runtime:
     groups = build_upstreams(config, services)
     routes = [compile_route(r, config, groups, services) for r in config.routes]
     listeners: dict[str, ListenerRuntime] = {}
@@ -76,7 +78,9 @@ def build_runtime(config: Config, services: Services, watchdog: Watchdog) -> Run
             scheme="https" if listener.tls else "http",
             router=Router(mine),
         )
-    return Runtime(config, listeners, groups, watchdog)
+    stats = services.get_or_create(WorkerStats, "stats", WorkerStats)
+    access_log = AccessLog(config.access_log.path, config.access_log.format) if config.access_log else None
+    return Runtime(config, listeners, groups, watchdog, stats, access_log, generation)
 
 
 def filters_of(runtime: Runtime) -> list[object]:

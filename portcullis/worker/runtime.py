@@ -8,11 +8,14 @@ import itertools
 import logging
 import os
 import ssl
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from portcullis.engine.watchdog import Watchdog
 from portcullis.http.h1 import H1Settings
+from portcullis.observability.access_log import AccessLog
+from portcullis.observability.stats import WorkerStats
 
 if TYPE_CHECKING:
     from portcullis.config.schema import Config
@@ -47,12 +50,21 @@ class Runtime:
         listeners: dict[str, ListenerRuntime],
         upstreams: dict[str, UpstreamGroup],
         watchdog: Watchdog,
+        stats: WorkerStats,
+        access_log: AccessLog | None,
+        generation: int = 0,
     ) -> None:
         server = config.server
         self.config = config
         self.listeners = listeners
         self.upstreams = upstreams
         self.watchdog = watchdog
+        self.clock = time.perf_counter  # the loop clock has only millisecond resolution
+        self.stats = stats
+        self.access_log = access_log
+        self.generation = generation
+        self.retired = False
+        """A newer runtime serves new connections; this one's close after their current request."""
         self.request_id_header = server.request_id_header.encode()
         self.request_id_header_lower = self.request_id_header.lower()
         self.client_header_timeout = server.timeouts.client_header
@@ -86,6 +98,7 @@ class Runtime:
     # ------------------------------------------------------------------ engine reports
     def connection_opened(self, conn: Closable) -> None:
         self.connections.add(conn)
+        self.stats.connections_total += 1
 
     def connection_closed(self, conn: Closable) -> None:
         self.connections.discard(conn)
@@ -94,16 +107,43 @@ class Runtime:
         """Close every client connection that is between requests; the number still busy."""
         return sum(1 for conn in list(self.connections) if not conn.close_if_idle())
 
-    def upstream_started(self, ctx: RequestContext) -> None:
-        ctx.upstream_time = self.watchdog.loop.time()
+    def upstream_started(self, ctx: RequestContext, upstream: str, peer: str) -> None:
+        ctx.upstream_time = self.clock()
+        self.stats.upstream_attempt(upstream, peer)
 
-    def upstream_responded(self, ctx: RequestContext) -> None:
+    def upstream_responded(self, ctx: RequestContext, upstream: str, peer: str) -> None:
         if ctx.upstream_time is not None:
-            ctx.upstream_time = self.watchdog.loop.time() - ctx.upstream_time
+            ctx.upstream_time = elapsed = self.clock() - ctx.upstream_time
+            self.stats.upstream_response(upstream, peer, elapsed)
+
+    def upstream_failed(self, upstream: str, peer: str, error: ProxyError) -> None:
+        self.stats.upstream_failure(upstream, peer, error.kind.value)
 
     def request_finished(self, ctx: RequestContext) -> None:
-        """Every request ends here exactly once (metrics and the access log hang off this)."""
+        """Every request ends here exactly once: metrics and the access log."""
+        total = self.clock() - ctx.started
+        route = ctx.route.name if ctx.route is not None else ""
+        self.stats.request(route, ctx.method, ctx.status, total)
+        if self.access_log is not None:
+            self.access_log.write(ctx, total)
 
     def rejected(self, error: ProxyError, client_ip: str, request_id: str) -> None:
         """A request refused by the codec before it became an exchange."""
+        self.stats.request("", "other", error.status, 0.0)
+        self.stats.reject(error.kind.value)
         log.info("rejected request from %s (%s): %s", client_ip, request_id, error.detail)
+
+    def retire(self) -> None:
+        """A newer runtime has taken over: close idle connections now, the rest after their request."""
+        self.retired = True
+        self.close_idle_connections()
+        if self.access_log is not None:
+            self.access_log.close()
+
+    def gauges(self) -> dict[str, object]:
+        idle = busy = 0
+        for group in self.upstreams.values():
+            for peer in group.peers:
+                idle += len(peer.pool.idle)
+                busy += peer.pool.busy
+        return {"connections_active": len(self.connections), "pool_idle": idle, "pool_busy": busy}

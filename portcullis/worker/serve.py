@@ -1,19 +1,21 @@
-"""Run one worker: its event loop, its listeners and its runtime."""
+"""One worker: its event loop's listeners and the runtime they serve, swapped on reload."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 import socket
 import ssl
+from collections.abc import Callable
+from typing import Any
 
 from portcullis.config.schema import Config, ListenerTls
 from portcullis.engine.services import Services
 from portcullis.engine.watchdog import Watchdog
+from portcullis.observability.events import event
 from portcullis.server.h1 import H1Connection
 from portcullis.worker.build import build_runtime
-from portcullis.worker.runtime import ListenerRuntime, Runtime
+from portcullis.worker.runtime import Runtime
 
 log = logging.getLogger("portcullis")
 
@@ -33,39 +35,63 @@ def tls_context(tls: ListenerTls) -> ssl.SSLContext:
 class Worker:
     """Serves the listeners on pre-bound sockets with the current runtime."""
 
-    def __init__(
-        self, config: Config, sockets: dict[str, socket.socket], services: Services | None = None
-    ) -> None:
+    def __init__(self, config: Config, sockets: dict[str, socket.socket]) -> None:
         self.config = config
         self.sockets = sockets
-        self.services = services or Services()
+        self.services = Services()  # outlives reloads: pools, stats
         self.servers: list[asyncio.Server] = []
         self.runtime: Runtime | None = None
         self.watchdog: Watchdog | None = None
-        self.stopping = asyncio.Event()
+        self._flusher: asyncio.TimerHandle | None = None
 
-    async def start(self) -> None:
+    async def start(self, generation: int = 0) -> None:
         loop = asyncio.get_running_loop()
         self.watchdog = Watchdog(loop)
         self.watchdog.start()
-        self.runtime = build_runtime(self.config, self.services, self.watchdog)
-        tls_by_name = {lst.name: lst.tls for lst in self.config.listeners}
-        for name, listener in self.runtime.listeners.items():
-            tls = tls_by_name[name]
-            listener.ssl_context = tls_context(tls) if tls is not None else None
+        self.runtime = build_runtime(self.config, self.services, self.watchdog, generation)
+        for listener in self.config.listeners:
+            context = tls_context(listener.tls) if listener.tls is not None else None
             server = await loop.create_server(
-                self._factory(name), sock=self.sockets[name], ssl=listener.ssl_context, backlog=1024
+                self._factory(listener.name), sock=self.sockets[listener.name], ssl=context, backlog=1024
             )
             self.servers.append(server)
+        self._schedule_flush()
 
-    def _factory(self, name: str) -> type[asyncio.Protocol] | object:
+    def _factory(self, name: str) -> Callable[[], H1Connection]:
         def make() -> H1Connection:
             runtime = self.runtime
             assert runtime is not None
-            listener: ListenerRuntime = runtime.listeners[name]
-            return H1Connection(runtime, listener)
+            return H1Connection(runtime, runtime.listeners[name])
 
         return make
+
+    def swap(self, config: Config, generation: int) -> None:
+        """Provision the new runtime completely, then let new connections use it."""
+        assert self.watchdog is not None
+        fresh = build_runtime(config, self.services, self.watchdog, generation)
+        old, self.runtime, self.config = self.runtime, fresh, config
+        if old is not None:
+            old.retire()
+            # connections of the old generation still refer to it until they close
+            fresh.connections.update(old.connections)
+            old.connections = fresh.connections
+        event(log, "config_applied", "new configuration serving", generation=generation)
+
+    def snapshot(self) -> dict[str, Any]:
+        runtime = self.runtime
+        assert runtime is not None
+        return runtime.stats.snapshot(runtime.gauges())
+
+    def reopen_logs(self) -> None:
+        if self.runtime is not None and self.runtime.access_log is not None:
+            self.runtime.access_log.reopen()
+
+    def _schedule_flush(self) -> None:
+        if self.watchdog is None:
+            return
+        if self.runtime is not None and self.runtime.access_log is not None:
+            self.runtime.access_log.flush()
+        self._flusher = self.watchdog.loop.call_later(0.25, self._schedule_flush)
 
     async def drain(self, timeout: float) -> None:
         """Stop accepting, let requests in flight finish (up to `timeout`), then close the rest."""
@@ -74,15 +100,16 @@ class Worker:
         runtime = self.runtime
         loop = asyncio.get_running_loop()
         end = loop.time() + timeout
-        while runtime is not None and runtime.close_idle_connections() > 0 and loop.time() < end:
-            await asyncio.sleep(0.05)
-        for group in runtime.upstreams.values() if runtime else ():
-            for peer in group.peers:
-                peer.pool.close_all()
+        if runtime is not None:
+            runtime.retired = True
+            while runtime.close_idle_connections() > 0 and loop.time() < end:
+                await asyncio.sleep(0.05)
+            for group in runtime.upstreams.values():
+                for peer in group.peers:
+                    peer.pool.close_all()
+            if runtime.access_log is not None:
+                runtime.access_log.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
         if self.watchdog is not None:
             self.watchdog.stop()
-
-    def install_signals(self) -> None:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
-        loop.add_signal_handler(signal.SIGINT, self.stopping.set)

@@ -1,0 +1,84 @@
+"""Per-worker request statistics: plain counters, cheap to bump on every request.
+
+The master asks each worker for a snapshot when /metrics is scraped and merges them
+(see `observability/metrics.py`), so the hot path never touches a metrics library.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Any, Final
+
+# seconds; the same buckets for request and upstream durations
+BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_METHOD_CLASS: Final = {
+    "GET": "GET", "HEAD": "HEAD", "POST": "POST", "PUT": "PUT", "DELETE": "DELETE", "PATCH": "PATCH",
+    "OPTIONS": "OPTIONS",
+}  # fmt: skip
+
+
+class Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"counts": list(self.counts), "sum": self.sum}
+
+
+class WorkerStats:
+    """Counters one worker keeps; every key is a tuple of label values."""
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str], int] = {}
+        self.durations: dict[str, Histogram] = {}
+        self.upstream_attempts: dict[tuple[str, str], int] = {}
+        self.upstream_failures: dict[tuple[str, str, str], int] = {}
+        self.upstream_durations: dict[tuple[str, str], Histogram] = {}
+        self.connections_total = 0
+        self.rejected: dict[str, int] = {}
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        key = (route, _METHOD_CLASS.get(method, "other"), f"{status // 100}xx")
+        self.requests[key] = self.requests.get(key, 0) + 1
+        hist = self.durations.get(route)
+        if hist is None:
+            hist = self.durations[route] = Histogram()
+        hist.observe(seconds)
+
+    def upstream_attempt(self, upstream: str, peer: str) -> None:
+        key = (upstream, peer)
+        self.upstream_attempts[key] = self.upstream_attempts.get(key, 0) + 1
+
+    def upstream_failure(self, upstream: str, peer: str, kind: str) -> None:
+        key = (upstream, peer, kind)
+        self.upstream_failures[key] = self.upstream_failures.get(key, 0) + 1
+
+    def upstream_response(self, upstream: str, peer: str, seconds: float) -> None:
+        key = (upstream, peer)
+        hist = self.upstream_durations.get(key)
+        if hist is None:
+            hist = self.upstream_durations[key] = Histogram()
+        hist.observe(seconds)
+
+    def reject(self, kind: str) -> None:
+        self.rejected[kind] = self.rejected.get(kind, 0) + 1
+
+    def snapshot(self, gauges: dict[str, Any]) -> dict[str, Any]:
+        """A JSON-able copy, sent to the master."""
+        return {
+            "requests": [[*k, v] for k, v in self.requests.items()],
+            "durations": {k: h.snapshot() for k, h in self.durations.items()},
+            "upstream_attempts": [[*k, v] for k, v in self.upstream_attempts.items()],
+            "upstream_failures": [[*k, v] for k, v in self.upstream_failures.items()],
+            "upstream_durations": [[*k, h.snapshot()] for k, h in self.upstream_durations.items()],
+            "connections_total": self.connections_total,
+            "rejected": dict(self.rejected),
+            "gauges": gauges,
+        }

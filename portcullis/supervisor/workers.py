@@ -1,0 +1,124 @@
+"""The master's handle on one worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import signal
+import socket
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+from portcullis.supervisor.control import Channel
+
+if TYPE_CHECKING:
+    from portcullis.supervisor.master import Master
+
+log = logging.getLogger("portcullis")
+_ids = itertools.count(1)
+
+
+class WorkerHandle:
+    def __init__(self, master: Master, index: int) -> None:
+        self.master = master
+        self.index = index
+        self.process: asyncio.subprocess.Process | None = None
+        self.channel: Channel | None = None
+        self.generation = 0
+        self.error: str | None = None
+        self._changed = asyncio.Condition()
+        self._stats: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    async def spawn(self, sockets: dict[str, socket.socket], config_message: dict[str, Any]) -> None:
+        parent, child = socket.socketpair()
+        args = [sys.executable, "-m", "portcullis.worker.process", "--control", str(child.fileno())]
+        args += ["--index", str(self.index)]
+        for name, sock in sockets.items():
+            args += ["--listener", f"{name}={sock.fileno()}"]
+        self.process = await asyncio.create_subprocess_exec(
+            *args,
+            pass_fds=[child.fileno(), *(s.fileno() for s in sockets.values())],
+            stdin=subprocess.DEVNULL,
+        )
+        child.close()
+        self.channel = await Channel.open(parent)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
+        await self.channel.send(config_message)
+
+    async def _read(self) -> None:
+        assert self.channel is not None
+        while True:
+            message = await self.channel.receive()
+            if message is None:
+                return
+            kind = message.get("type")
+            if kind in ("ready", "error"):
+                async with self._changed:
+                    if kind == "ready":
+                        self.generation = int(message["generation"])
+                        self.error = None
+                    else:
+                        self.error = str(message.get("error"))
+                    self._changed.notify_all()
+            elif kind == "stats":
+                future = self._stats.pop(int(message["id"]), None)
+                if future is not None and not future.done():
+                    future.set_result(message["data"])
+
+    async def _watch(self) -> None:
+        assert self.process is not None
+        code = await self.process.wait()
+        async with self._changed:
+            self._changed.notify_all()
+        self.master.worker_died(self, code)
+
+    async def wait_ready(self, generation: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self.generation >= generation or self.error is not None or self._exited()
+            )
+        if self.error is not None:
+            raise RuntimeError(f"worker {self.index} refused the configuration: {self.error}")
+        if self.generation < generation:
+            raise RuntimeError(f"worker {self.index} exited before it was ready")
+
+    def _exited(self) -> bool:
+        return self.process is not None and self.process.returncode is not None
+
+    async def apply(self, config_message: dict[str, Any]) -> None:
+        assert self.channel is not None
+        self.error = None
+        await self.channel.send(config_message)
+        await asyncio.wait_for(self.wait_ready(int(config_message["generation"])), 15.0)
+
+    async def stats(self, timeout: float) -> dict[str, Any]:
+        assert self.channel is not None
+        request_id = next(_ids)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._stats[request_id] = future
+        await self.channel.send({"type": "stats", "id": request_id})
+        try:
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self._stats.pop(request_id, None)
+
+    def send_signal(self, sig: signal.Signals) -> None:
+        if self.process is not None and self.process.returncode is None:
+            self.process.send_signal(sig)
+
+    async def wait_exit(self, timeout: float) -> None:
+        if self.process is None:
+            return
+        try:
+            await asyncio.wait_for(self.process.wait(), timeout)
+        except TimeoutError:
+            self.process.kill()
+            await self.process.wait()
