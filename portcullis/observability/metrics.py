@@ -118,5 +118,5 @@ class _Collector:
 def render(snapshots: list[dict[str, Any]], master: dict[str, Any]) -> bytes:
     """The Prometheus text exposition of the merged worker stats and the master's counters."""
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(snapshots, master))  # type: ignore[arg-type]
+    registry.register(_Collector(snapshots, master))
     return generate_latest(registry)

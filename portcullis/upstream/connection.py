@@ -21,6 +21,7 @@ _IDLE, _WAITING, _READING, _TUNNEL = range(4)
 
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
+        "_bound",
         "_head_only",
         "_headers",
         "_in_trailers",
@@ -52,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_trailers = False
         self._reason = b""
         self._head_only = False
+        self._bound = False
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -88,7 +90,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.watchdog.unwatch(self)
         exchange = self.exchange
-        self.exchange = None
+        self._unbind()
         if exchange is None:
             self.pool.discard(self)
             return
@@ -157,15 +159,24 @@ class UpstreamConnection(asyncio.Protocol):
     def reusable(self) -> bool:
         return not self.closed and self.transport is not None and not self.transport.is_closing()
 
+    def _unbind(self) -> None:
+        self.exchange = None
+        if self._bound:
+            self._bound = False
+            self.pool.busy -= 1
+
     def park(self, deadline: float) -> None:
         """Back to the pool: idle until `deadline`."""
-        self.exchange = None
+        self._unbind()
         self._parser = None
         self._state = _IDLE
         self.deadline = deadline
 
     def bind(self, exchange: Exchange, head_only: bool, response_timeout: float) -> None:
         self.exchange = exchange
+        if not self._bound:
+            self._bound = True
+            self.pool.busy += 1
         self._parser = httptools.HttpResponseParser(self)
         self._headers = []
         self._trailers = None
@@ -189,13 +200,13 @@ class UpstreamConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def close(self) -> None:
-        self.exchange = None
+        self._unbind()
         self.deadline = 0.0
         if self.transport is not None:
             self.transport.close()
 
     def abort(self) -> None:
-        self.exchange = None
+        self._unbind()
         self.deadline = 0.0
         if self.transport is not None:
             self.transport.abort()

@@ -11,7 +11,7 @@ if TYPE_CHECKING:
 class Pool:
     __slots__ = ("busy", "idle", "idle_timeout", "max_idle")
 
-    def __init__(self, max_idle: int, idle_timeout: float) -> None:
+    def __init__(self, max_idle: int = 64, idle_timeout: float = 60.0) -> None:
         self.max_idle = max_idle
         self.idle_timeout = idle_timeout
         self.idle: list[UpstreamConnection] = []

@@ -29,9 +29,7 @@ def build_upstreams(config: Config, services: Services) -> dict[str, UpstreamGro
         peers = []
         for peer in upstream.peers:
             # pools are services: a reload keeps the warm connections to peers that stay
-            pool = services.get_or_create(
-                Pool, _pool_key(name, peer.url), lambda k=keepalive: Pool(k.max_idle, k.idle_timeout)
-            )
+            pool = services.get_or_create(Pool, _pool_key(name, peer.url), Pool)
             pool.max_idle = keepalive.max_idle
             pool.idle_timeout = keepalive.idle_timeout
             peers.append(Peer(peer.url, peer.weight, pool))
