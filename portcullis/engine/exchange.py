@@ -254,7 +254,7 @@ class Exchange:
         self._conn = conn
         assert self._peer is not None
         self.runtime.upstream_started(self.ctx, group.name, self._peer.label)
-        conn.bind(self, self._head_only, group.response_timeout)
+        conn.bind(self, self._head_only, group.response_timeout, group.idle_timeout)
         if self.req_chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self.req_length is not None:
@@ -273,9 +273,6 @@ class Exchange:
             if self._buffered > _BUFFER_HIGH:
                 self.ds.resume_reading()
             self._buffered = 0
-
-    def idle_timeout(self) -> float:
-        return self._group.idle_timeout if self._group is not None else 60.0
 
     def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool) -> None:
         ctx = self.ctx

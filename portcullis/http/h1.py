@@ -220,6 +220,9 @@ class H1RequestReader:
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
             assert self._trailers is not None
+            self._header_bytes += len(name) + len(value) + 4
+            if self._header_bytes > self._limits.max_header_bytes:
+                raise ProxyError(ErrorKind.HEADERS_TOO_LARGE, "request trailers too large")
             self._trailers.append((name, value))
             return
         headers = self._headers
@@ -299,7 +302,11 @@ class H1RequestReader:
         self._in_trailers = True
 
     def on_chunk_header(self) -> None:
-        self._in_trailers = False
+        # llhttp reports the trailer fields after the last (zero-size) chunk's header and before
+        # its chunk_complete: a header callback after any chunk header is a trailer
+        if self._trailers is None:
+            self._trailers = []
+        self._in_trailers = True
 
     def on_message_complete(self) -> None:
         self.request_end(self._trailers)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from portcullis.worker.runtime import ListenerRuntime, Runtime
 
 _STATUS_LINES: dict[int, bytes] = {}
+_GATHER_AT = 16 * 1024
 
 # connection states, for the watchdog
 _IDLE, _HEAD, _BODY, _WAIT, _TUNNEL = range(5)
@@ -224,13 +225,25 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._out = b"".join(lines)
 
     def send_body(self, data: bytes) -> None:
-        assert self.transport is not None
+        transport = self.transport
+        assert transport is not None
+        out = self._out
+        if len(data) >= _GATHER_AT:
+            # large pieces are not copied into one buffer: the transport gathers them in one send
+            parts = [data]
+            if self._resp_chunked:
+                parts = [b"%x\r\n" % len(data), data, b"\r\n"]
+            if out is not None:
+                parts.insert(0, out)
+                self._out = None
+            transport.writelines(parts)
+            return
         if self._resp_chunked:
             data = b"%x\r\n%b\r\n" % (len(data), data)
-        if self._out is not None:
-            data = self._out + data
+        if out is not None:
+            data = out + data
             self._out = None
-        self.transport.write(data)
+        transport.write(data)
 
     def send_end(self, trailers: Headers | None) -> None:
         tail = b""

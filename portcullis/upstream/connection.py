@@ -26,7 +26,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_headers",
         "_in_trailers",
         "_parser",
-        "_reason",
+        "_idle_timeout",
         "_state",
         "_trailers",
         "closed",
@@ -51,7 +51,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers: Headers = []
         self._trailers: Headers | None = None
         self._in_trailers = False
-        self._reason = b""
+        self._idle_timeout = 60.0
         self._head_only = False
         self._bound = False
 
@@ -73,7 +73,8 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self._parser.feed_data(data)
-            exchange.flush_downstream()
+            if self.exchange is not None:  # the response is still going: send what is held back
+                self.exchange.flush_downstream()
         except httptools.HttpParserUpgrade as upgrade:
             offset = upgrade.args[0]
             self._state = _TUNNEL
@@ -112,9 +113,6 @@ class UpstreamConnection(asyncio.Protocol):
             self.exchange.upstream_write_resumed()
 
     # ------------------------------------------------------------------ parser callbacks
-    def on_status(self, reason: bytes) -> None:
-        self._reason += reason
-
     def on_header(self, name: bytes, value: bytes) -> None:
         if self._in_trailers:
             assert self._trailers is not None
@@ -128,19 +126,19 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             # interim answers (100 Continue ...) are ours to send, not the peer's
             self._headers = []
-            self._reason = b""
             return
         self._state = _READING
-        self.deadline = self.watchdog.now + self.exchange.idle_timeout()
+        self.deadline = self.watchdog.now + self._idle_timeout
         headers, self._headers = self._headers, []
         self.exchange.upstream_head(status, headers, self._parser.should_keep_alive())
         if self._head_only and self.exchange is not None and status != 101:
             self._finish()
 
     def on_body(self, body: bytes) -> None:
-        self.deadline = self.watchdog.now + (self.exchange.idle_timeout() if self.exchange else 0.0)
-        if self.exchange is not None:
-            self.exchange.upstream_body(body)
+        exchange = self.exchange
+        if exchange is not None:
+            self.deadline = self.watchdog.now + self._idle_timeout
+            exchange.upstream_body(body)
 
     def on_chunk_complete(self) -> None:
         # the header callbacks after the last chunk are trailers
@@ -149,7 +147,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_trailers = True
 
     def on_chunk_header(self) -> None:
-        self._in_trailers = False
+        # llhttp reports the trailer fields after the last (zero-size) chunk's header and before
+        # its chunk_complete: a header callback after any chunk header is a trailer
+        if self._trailers is None:
+            self._trailers = []
+        self._in_trailers = True
 
     def on_message_complete(self) -> None:
         if self._state == _READING and not self._head_only:
@@ -172,7 +174,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._state = _IDLE
         self.deadline = deadline
 
-    def bind(self, exchange: Exchange, head_only: bool, response_timeout: float) -> None:
+    def bind(self, exchange: Exchange, head_only: bool, response_timeout: float, idle_timeout: float) -> None:
         self.exchange = exchange
         if not self._bound:
             self._bound = True
@@ -181,8 +183,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._headers = []
         self._trailers = None
         self._in_trailers = False
-        self._reason = b""
         self._head_only = head_only
+        self._idle_timeout = idle_timeout
         self._state = _WAITING
         self.got_bytes = False
         self.deadline = self.watchdog.now + response_timeout
