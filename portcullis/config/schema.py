@@ -12,7 +12,7 @@ import math
 import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from portcullis.config.units import parse_address, parse_duration, parse_size
 
@@ -233,12 +233,42 @@ class HeadersFilter(Strict):
     response: HeaderOps = HeaderOps()
 
 
+_GROUP_REF = re.compile(r"\$(\d+|\$)")
+
+
+def rewrite_template(regex: str, replace: str) -> str:
+    """Turn an nginx-style replacement (`$1` for a group, `$$` for a dollar, everything else
+    literal) into a Python `re` template; ValueError for a group the regex does not have."""
+    groups = re.compile(regex).groups
+    parts: list[str] = []
+    last = 0
+    for m in _GROUP_REF.finditer(replace):
+        parts.append(replace[last : m.start()].replace("\\", "\\\\"))
+        ref = m.group(1)
+        if ref == "$":
+            parts.append("$")
+        else:
+            if int(ref) > groups:
+                raise ValueError(f"replacement refers to group ${ref} but the regex has {groups} group(s)")
+            parts.append(f"\\g<{ref}>")
+        last = m.end()
+    parts.append(replace[last:].replace("\\", "\\\\"))
+    return "".join(parts)
+
+
 class RewriteFilter(Strict):
     type: Literal["rewrite"]
     strip_prefix: str | None = None
     add_prefix: str | None = None
     regex: Regex | None = None
     replace: str | None = None
+    """Groups are written `$1` as in nginx; everything else is literal."""
+
+    @model_validator(mode="after")
+    def _replacement(self) -> RewriteFilter:
+        if self.regex is not None and self.replace is not None:
+            rewrite_template(self.regex, self.replace)
+        return self
 
 
 class RedirectFilter(Strict):

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import re
 
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h)\s*$")
 _DURATION_FACTORS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_SIZE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
+_SIZE = re.compile(r"^\s*([0-9]+)\s*(B|KiB|MiB|GiB|KB|MB|GB|k|K|M|G)?\s*$")
 _SIZE_FACTORS = {
     None: 1, "B": 1,
     "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3,
@@ -52,7 +52,7 @@ def parse_address(value: object) -> tuple[str, int]:
     if not isinstance(value, str):
         raise ValueError("expected an address such as 127.0.0.1:8080")
     host, sep, port_text = value.rpartition(":")
-    if not sep or not port_text.isdigit():
+    if not sep or not (port_text.isascii() and port_text.isdigit()):
         raise ValueError(f"{value!r} is not an address (use host:port, e.g. 127.0.0.1:8080)")
     port = int(port_text)
     if not 0 < port < 65536:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from portcullis.engine.messages import Headers
+from portcullis.http.paths import needs_normalizing, normalize_path
 
 if TYPE_CHECKING:
     from portcullis.engine.errors import ProxyError
@@ -60,9 +61,13 @@ class RequestContext:
     ) -> None:
         self.method = method
         self.target = target
-        path, _, query = target.partition(b"?")
-        self.path = path.decode("latin-1")
+        raw_path, _, query = target.partition(b"?")
+        path = raw_path.decode("latin-1")
         self.query = query.decode("latin-1")
+        if needs_normalizing(path):
+            # routes and the upstream see the resolved path, never `/public/../admin`
+            path = normalize_path(path)
+            target = path.encode("latin-1") + (b"?" + query if query else b"")
         self.headers = headers
         self.version = version
         self.host = host
@@ -71,6 +76,7 @@ class RequestContext:
         self.scheme = scheme
         self.listener = listener
         self.started = started
+        self.path = path
         self.host_header = host_header
         """The Host the client sent (or the authority of an absolute-form target)."""
         self.connection = connection
@@ -79,6 +85,7 @@ class RequestContext:
         self.request_id = ""
         self.route: CompiledRoute | None = None
         self.upstream_path: bytes = target
+        """The target sent upstream (rewrite filters change it)."""
         self.identity: object | None = None
         self.peer: str | None = None
         self.status = 0

@@ -48,6 +48,9 @@ def upstream_request_head(
     rid_lower = request_id_header.lower()
     xff = xfp = xfh = fwd = None
     lines = [ctx.method.encode("latin-1"), b" ", ctx.upstream_path, b" HTTP/1.1\r\n"]
+    if ctx.host_header is None and ctx.header(b"host") is None:
+        # an HTTP/1.0 client may send no Host, but an HTTP/1.1 request must have one (RFC 9112 3.2)
+        lines += (b"Host: ", ctx.host.encode(), b"\r\n")
     for name, value in ctx.headers:
         lname = name.lower()
         if lname in drop or lname == rid_lower or (named and lname in named):
@@ -70,7 +73,8 @@ def upstream_request_head(
         b"X-Forwarded-Proto: ", xfp or proto, b"\r\n",
         b"X-Forwarded-Host: ", xfh or host, b"\r\n",
     )  # fmt: skip
-    this_hop = b'for=%s;proto=%s;host="%s"' % (_node(ctx.client_ip).encode(), proto, host)
+    quoted_host = host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 7230 quoted-string
+    this_hop = b'for=%s;proto=%s;host="%s"' % (_node(ctx.client_ip).encode(), proto, quoted_host)
     lines += (b"Forwarded: ", this_hop if fwd is None else fwd + b", " + this_hop, b"\r\n")
     lines += (request_id_header, b": ", ctx.request_id.encode(), b"\r\n")
     if upgrade is not None:

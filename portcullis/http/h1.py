@@ -10,6 +10,7 @@ versions, and the size limits. Every refusal is a `ProxyError` with the right st
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -21,6 +22,9 @@ from portcullis.engine.messages import Headers
 _SPECIAL: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"connection"}
 )
+# RFC 9110 7.2: uri-host [":" port], an IP literal or a reg-name; no userinfo, path, spaces or the
+# commas of a joined repeated Host
+_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +115,7 @@ class H1RequestReader:
         "_host_count",
         "_in_trailers",
         "_limits",
+        "_line_done",
         "_parser",
         "_request_id",
         "_rid_name",
@@ -128,6 +133,7 @@ class H1RequestReader:
         self._stopped = False
         self.in_head = False
         """A request head has begun and is not complete yet."""
+        self._line_done = False
         self._head_bytes = 0
         self._reset()
 
@@ -162,7 +168,10 @@ class H1RequestReader:
         then be answered and closed), UpgradeRequested after an upgrade request's head."""
         if self._stopped:
             return
-        if not self.in_head:
+        # bytes of an unfinished head (or trailer section) are buffered inside the parser: count
+        # them only for feeds that start inside one, so a body before a new head is never counted
+        counting = self.in_head or self._in_trailers
+        if not counting:
             self._head_bytes = 0
         try:
             self._parser.feed_data(data)
@@ -180,13 +189,14 @@ class H1RequestReader:
         except httptools.HttpParserError as exc:
             self._stopped = True
             raise ProxyError(ErrorKind.BAD_REQUEST, f"malformed request: {exc}") from None
-        if self.in_head:
-            # an unfinished head is buffered inside the parser: bound it
+        if counting and (self.in_head or self._in_trailers):
             self._head_bytes += len(data)
+            if not self._line_done and b"\n" in data:
+                self._line_done = True
             limits = self._limits
             if self._head_bytes > limits.max_header_bytes + limits.max_request_line:
                 self._stopped = True
-                if not self._headers:
+                if self.in_head and not self._line_done and not self._headers:
                     raise ProxyError(ErrorKind.URI_TOO_LONG, "request line too long")
                 raise ProxyError(ErrorKind.HEADERS_TOO_LARGE, "request head too large")
 
@@ -210,6 +220,7 @@ class H1RequestReader:
         if self._stopped:
             raise _Stop()
         self.in_head = True
+        self._line_done = False
         self._reset()
 
     def on_url(self, url: bytes) -> None:
@@ -267,13 +278,29 @@ class H1RequestReader:
         target = self._url
         host = self._host
         if not target.startswith(b"/"):
-            if target.startswith((b"http://", b"https://")):
+            if target[:8].lower().startswith((b"http://", b"https://")):
                 # absolute form (RFC 9112 3.2.2): the target's authority wins over Host
-                authority, slash, path = target.partition(b"://")[2].partition(b"/")
-                host = authority
-                target = slash + path or b"/"
+                rest = target.partition(b"://")[2]
+                end = len(rest)
+                for stop in (b"/", b"?", b"#"):
+                    at = rest.find(stop)
+                    if at != -1 and at < end:
+                        end = at
+                host, target = rest[:end], rest[end:]
+                if not host or b"@" in host:
+                    raise ProxyError(ErrorKind.BAD_REQUEST, "invalid authority in the request target")
+                if not target.startswith(b"/"):
+                    target = b"/" + target
+                # the Host field is ignored: the peer must see the host the request is routed on
+                self._headers = [(n, v) for n, v in self._headers if n.lower() != b"host"]
+                self._headers.append((b"Host", host))
             elif not (target == b"*" and method == "OPTIONS"):
                 raise ProxyError(ErrorKind.BAD_REQUEST, "invalid request target")
+        if host is not None and not _HOST.fullmatch(host):
+            raise ProxyError(ErrorKind.BAD_REQUEST, "invalid Host header")
+        if self._chunked and version == "1.0":
+            # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
+            raise ProxyError(ErrorKind.BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")
         self.in_head = False
         self.request_head(
             RequestHead(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import ClassVar
 
 from portcullis.config.schema import RedirectFilter, RespondFilter
@@ -10,6 +11,8 @@ from portcullis.engine.filter import Filter, RequestOutcome
 from portcullis.engine.messages import Response
 from portcullis.engine.phases import Phase
 from portcullis.engine.services import Services
+
+_VARIABLE = re.compile(r"\$(request_uri|path|query|host)")
 
 
 class RedirectAction(Filter):
@@ -21,13 +24,14 @@ class RedirectAction(Filter):
         self.status = config.status
 
     def location(self, ctx: RequestContext) -> str:
-        request_uri = ctx.path + ("?" + ctx.query if ctx.query else "")
-        return (
-            self.to.replace("$request_uri", request_uri)
-            .replace("$path", ctx.path)
-            .replace("$query", ctx.query)
-            .replace("$host", ctx.host)
-        )
+        # one pass: text from the request that looks like a variable is never expanded again
+        values = {
+            "request_uri": ctx.path + ("?" + ctx.query if ctx.query else ""),
+            "path": ctx.path,
+            "query": ctx.query,
+            "host": ctx.host,
+        }
+        return _VARIABLE.sub(lambda m: values[m.group(1)], self.to)
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
         location = self.location(ctx).encode("latin-1", "replace")

@@ -5,13 +5,11 @@ from __future__ import annotations
 import re
 from typing import ClassVar
 
-from portcullis.config.schema import RewriteFilter
+from portcullis.config.schema import RewriteFilter, rewrite_template
 from portcullis.engine.context import RequestContext
 from portcullis.engine.filter import Filter, RequestOutcome
 from portcullis.engine.phases import Phase
 from portcullis.engine.services import Services
-
-_DOLLAR_GROUP = re.compile(r"\$(\d+)")
 
 
 class RewriteAction(Filter):
@@ -22,8 +20,9 @@ class RewriteAction(Filter):
         self.strip_prefix = config.strip_prefix
         self.add_prefix = config.add_prefix
         self.regex = re.compile(config.regex) if config.regex else None
-        # nginx users write $1; Python's re wants \g<1>
-        self.replace = _DOLLAR_GROUP.sub(r"\\g<\1>", config.replace) if config.replace is not None else None
+        self.replace = (
+            rewrite_template(config.regex, config.replace) if config.regex and config.replace is not None else None
+        )
 
     def rewrite(self, path: str) -> str:
         if self.strip_prefix and path.startswith(self.strip_prefix):
