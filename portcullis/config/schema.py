@@ -151,6 +151,10 @@ class Server(Strict):
 class Peer(Strict):
     url: str
     weight: int = Field(default=1, ge=1, le=1000)
+    backup: bool = False
+    """Used only when no primary peer is available."""
+    max_conns: int = Field(default=0, ge=0)
+    """Requests in flight to this peer at most (0: no limit); more wait `queue_timeout`, then 503."""
 
     @field_validator("url")
     @classmethod
@@ -185,11 +189,109 @@ class Keepalive(Strict):
     """An idle pooled connection older than this is closed."""
 
 
+def _hash_key(value: str) -> str:
+    kind, _, name = value.partition(":")
+    if value in ("client_ip", "path") or (kind in ("header", "cookie", "query") and name):
+        return value
+    raise ValueError("hash_key is client_ip, path, header:NAME, cookie:NAME or query:NAME")
+
+
+HashKey = Annotated[str, AfterValidator(_hash_key)]
+
+
+def _statuses(value: object) -> object:
+    """`[502, 503]` or a range string `500-599`."""
+    if isinstance(value, str) and "-" in value:
+        low, _, high = value.partition("-")
+        if low.strip().isdigit() and high.strip().isdigit():
+            return list(range(int(low), int(high) + 1))
+    return value
+
+
+Statuses = Annotated[list[Annotated[int, Field(ge=100, le=599)]], BeforeValidator(_statuses)]
+
+
+class HealthCheck(Strict):
+    """Active checks, run once for the whole gateway by the master."""
+
+    path: str = "/healthz"
+    interval: Duration = 2.0
+    timeout: Duration = 1.0
+    statuses: Statuses = list(range(200, 400))
+    body: Regex | None = None
+    """A regular expression the response body must contain."""
+    healthy_threshold: int = Field(default=2, ge=1)
+    unhealthy_threshold: int = Field(default=2, ge=1)
+    host: str | None = None
+    """Host header to send (default: the peer's address)."""
+
+
+class Outlier(Strict):
+    """Passive checks: eject a peer whose failure rate in `window` reaches `failure_rate`."""
+
+    failure_rate: float = Field(default=0.5, gt=0.0, le=1.0)
+    window: Duration = 10.0
+    min_requests: int = Field(default=10, ge=1)
+    ejection: Duration = 10.0
+    """First ejection; each further one lasts this much longer, up to `max_ejection`."""
+    max_ejection: Duration = 300.0
+    max_ejected_share: float = Field(default=0.5, ge=0.0, le=1.0)
+
+
+class Breaker(Strict):
+    failures: int = Field(default=5, ge=1)
+    """Consecutive failures that open the breaker."""
+    open_for: Duration = 10.0
+    """Then one probe request is let through (half-open)."""
+    max_outstanding: int = Field(default=0, ge=0)
+    """Requests in flight to one peer beyond which it takes no more (0: no limit)."""
+
+
+class Retries(Strict):
+    attempts: int = Field(default=1, ge=0, le=10)
+    """Further tries after the first, each on another peer when there is one."""
+    on_statuses: Statuses = []
+    """Peer answers that are retried too (e.g. [502, 503, 504]); connect failures and resets always are."""
+    max_body: Size = 64 * 1024
+    """Requests with a larger body are not retried once it has been sent."""
+    budget: float = Field(default=0.2, ge=0.0, le=1.0)
+    """At most this share of requests may be retries."""
+    total_timeout: Duration | None = None
+    """All tries together; per try, `timeouts.response` applies."""
+
+
+class Sticky(Strict):
+    cookie: str = "portcullis_peer"
+    max_age: Duration | None = None
+
+
 class Upstream(Strict):
     peers: list[Peer] = Field(min_length=1)
-    balance: Literal["round_robin"] = "round_robin"
+    balance: Literal["round_robin", "least_conn", "random", "p2c_ewma", "ip_hash", "consistent_hash"] = (
+        "round_robin"
+    )
+    hash_key: HashKey | None = None
+    """For consistent_hash: client_ip, path, header:NAME, cookie:NAME or query:NAME."""
+    sticky: Sticky | None = None
+    """Keep a client on the peer it first got, by a cookie the proxy sets."""
+    health: HealthCheck | None = None
+    outlier: Outlier | None = None
+    breaker: Breaker | None = None
+    retries: Retries = Retries()
+    slow_start: Duration = 0.0
+    """A peer coming back ramps its weight up over this time."""
+    queue_timeout: Duration = 1.0
+    """How long a request waits when every peer is at `max_conns` (then 503)."""
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     keepalive: Keepalive = Keepalive()
+
+    @model_validator(mode="after")
+    def _check(self) -> Upstream:
+        if self.balance == "consistent_hash" and self.hash_key is None:
+            raise ValueError("balance consistent_hash needs a hash_key")
+        if all(p.backup for p in self.peers):
+            raise ValueError("at least one peer must not be a backup")
+        return self
 
 
 # --------------------------------------------------------------------------- routes

@@ -32,6 +32,7 @@ class ErrorKind(enum.Enum):
     UPSTREAM_RESET = "upstream_reset"
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_PROTOCOL = "upstream_protocol"
+    UPSTREAM_STATUS = "upstream_status"
     NO_HEALTHY_PEER = "no_healthy_peer"
     # ours
     INTERNAL = "internal"
@@ -53,6 +54,7 @@ _TABLE: Final[dict[ErrorKind, tuple[int, Source, bool]]] = {
     ErrorKind.UPSTREAM_RESET: (502, Source.UPSTREAM, True),
     ErrorKind.UPSTREAM_TIMEOUT: (504, Source.UPSTREAM, False),
     ErrorKind.UPSTREAM_PROTOCOL: (502, Source.UPSTREAM, False),
+    ErrorKind.UPSTREAM_STATUS: (502, Source.UPSTREAM, True),
     ErrorKind.NO_HEALTHY_PEER: (503, Source.UPSTREAM, False),
     ErrorKind.INTERNAL: (500, Source.INTERNAL, False),
 }

@@ -19,6 +19,7 @@ from portcullis.engine.errors import ErrorKind, ProxyError, render_error
 from portcullis.engine.forwarding import response_headers, upstream_request_head
 from portcullis.engine.messages import Headers, Response, ResponseHead
 from portcullis.upstream.connection import UpstreamConnection
+from portcullis.upstream.sticky import add_sticky_cookie
 
 if TYPE_CHECKING:
     from portcullis.routing.router import CompiledRoute, Router
@@ -27,12 +28,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("portcullis")
 
+def _retry_after(headers: Headers) -> float | None:
+    for name, value in headers:
+        if name.lower() == b"retry-after" and value.strip().isdigit():
+            return float(value)
+    return None
+
+
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BUFFER_HIGH = 64 * 1024
 
 
 class Exchange:
     __slots__ = (
+        "_attempts",
         "_body_buffer",
         "_buffered",
         "_conn",
@@ -41,9 +50,14 @@ class Exchange:
         "_head_only",
         "_max_body",
         "_peer",
+        "_peer_open",
+        "_replay",
+        "_replay_size",
         "_resp_done",
         "_sent_body",
+        "_switch_headers",
         "_task",
+        "_tried",
         "_upstream_paused_reading",
         "ctx",
         "ds",
@@ -89,12 +103,18 @@ class Exchange:
         self._body_buffer: list[bytes] | None = None
         self._buffered = 0
         self._sent_body = False
+        self._switch_headers: Headers = []
         self._conn: UpstreamConnection | None = None
         self._conn_reused = False
         self._group: UpstreamGroup | None = None
         self._peer: Peer | None = None
         self._task: asyncio.Task[None] | None = None
         self._upstream_paused_reading = False
+        self._tried: tuple[Peer, ...] = ()
+        self._peer_open = False
+        self._replay: list[bytes] | None = None
+        self._replay_size = 0
+        self._attempts = 0
 
     # ================================================================== request side
     def begin(self, router: Router) -> None:
@@ -172,6 +192,8 @@ class Exchange:
         if conn is not None and self._body_buffer is None:
             self._sent_body = True
             conn.write(data)
+            if self._replay is not None:
+                self._keep_for_replay(data)
             return
         if self._body_buffer is None:
             self._body_buffer = []
@@ -195,6 +217,8 @@ class Exchange:
             end = b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers or ()) + b"\r\n"
             if self._conn is not None and self._body_buffer is None:
                 self._conn.write(end)
+                if self._replay is not None:
+                    self._keep_for_replay(end)
             else:
                 if self._body_buffer is None:
                     self._body_buffer = []
@@ -213,16 +237,64 @@ class Exchange:
             )
             return
         self._group = group
-        peer = self._peer = group.select(self.ctx)
-        self.ctx.peer = peer.label
+        if group.retries.attempts:
+            group.budget.requests += 1
+            if self.req_length or self.req_chunked:
+                # keep what is sent so another peer can be sent the same body
+                self._replay = [] if (self.req_length or 0) <= group.retries.max_body else None
         if self.expect_continue and not self.req_done:
             self.ds.send_continue()
+        self._try_peer()
+
+    def _try_peer(self) -> None:
+        """Pick a peer (another one on a retry) and send the request to it."""
+        group = self._group
+        assert group is not None
+        peer = group.select(self.ctx, self._tried)
+        if peer is None:
+            if group.at_capacity():
+                self._task = asyncio.get_running_loop().create_task(self._wait_for_room())
+            else:
+                self.fail(ProxyError(ErrorKind.NO_HEALTHY_PEER, f"no available peer in upstream {group.name!r}"))
+            return
+        self._peer = peer
+        self.ctx.peer = peer.label
+        peer.active += 1
+        if peer.breaker is not None:
+            peer.breaker.started()
+        self._peer_open = True
         conn = peer.pool.acquire()
         if conn is not None:
             self._conn_reused = True
             self._attach(conn)
         else:
             self._task = asyncio.get_running_loop().create_task(self._connect())
+
+    async def _wait_for_room(self) -> None:
+        """Every peer is at its max_conns: wait a bounded time for one to have room."""
+        group = self._group
+        assert group is not None
+        loop = asyncio.get_running_loop()
+        end = loop.time() + group.queue_timeout
+        while loop.time() < end:
+            await asyncio.sleep(0.01)
+            if self.finished:
+                return
+            if not group.at_capacity():
+                self._try_peer()
+                return
+        self.fail(ProxyError(ErrorKind.NO_HEALTHY_PEER, f"every peer of upstream {group.name!r} is at max_conns"))
+
+    def _settle(self, ok: bool | None) -> None:
+        """Tell the group how the try on the current peer went, exactly once per try (None: the
+        try was abandoned for reasons of our own and says nothing about the peer)."""
+        if self._peer_open:
+            self._peer_open = False
+            peer, group = self._peer, self._group
+            assert peer is not None and group is not None
+            peer.active -= 1
+            if not group.trivial and ok is not None:
+                group.record(peer, ok, self.ctx.upstream_time if ok else None)
 
     async def _connect(self) -> None:
         peer, group = self._peer, self._group
@@ -235,12 +307,11 @@ class Exchange:
                     lambda: UpstreamConnection(peer.pool, runtime.watchdog), peer.host, peer.port
                 )
         except TimeoutError:
-            self.fail(ProxyError(ErrorKind.CONNECT_TIMEOUT, f"connecting to {peer.label} timed out"))
+            self.upstream_failed(ProxyError(ErrorKind.CONNECT_TIMEOUT, f"connecting to {peer.label} timed out"))
             return
         except OSError as exc:
-            self.fail(
-                ProxyError(ErrorKind.CONNECT_FAILED, f"cannot connect to {peer.label}: {exc.strerror or exc}")
-            )
+            reason = exc.strerror or str(exc)
+            self.upstream_failed(ProxyError(ErrorKind.CONNECT_FAILED, f"cannot connect to {peer.label}: {reason}"))
             return
         if self.finished:
             peer.pool.release(conn, runtime.watchdog.now)
@@ -266,13 +337,25 @@ class Exchange:
                 self.ctx, self.ds.trusted, self.runtime.request_id_header, framing, self.upgrade
             )
         )
+        if self._replay:
+            conn.write(b"".join(self._replay))  # a retry: the body sent to the peer before
         if self._body_buffer is not None:
             self._sent_body = True
-            conn.write(b"".join(self._body_buffer))
+            data = b"".join(self._body_buffer)
+            conn.write(data)
+            self._keep_for_replay(data)
             self._body_buffer = None
             if self._buffered > _BUFFER_HIGH:
                 self.ds.resume_reading()
             self._buffered = 0
+
+    def _keep_for_replay(self, data: bytes) -> None:
+        replay = self._replay
+        if replay is not None and self._group is not None:
+            replay.append(data)
+            self._replay_size += len(data)
+            if self._replay_size > self._group.retries.max_body:
+                self._replay = None  # too large to send again: this request will not be retried
 
     def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool) -> None:
         ctx = self.ctx
@@ -283,8 +366,26 @@ class Exchange:
                 self.upstream_failed(
                     ProxyError(ErrorKind.UPSTREAM_PROTOCOL, "101 without an upgrade request")
                 )
+            # the peer's end-to-end fields (Sec-WebSocket-Accept ...) go with the switch
+            self._switch_headers = response_headers(raw_headers, self.runtime.request_id_header_lower).headers
             return  # the switch itself happens in upstream_upgraded
+        group, peer = self._group, self._peer
+        self._settle(status < 500)
+        if (
+            group is not None
+            and peer is not None
+            and status in group.retries.on_statuses
+            and self._may_retry(idempotent_only=True)
+        ):
+            if status == 503:
+                wait = _retry_after(raw_headers)
+                if wait is not None:
+                    group.retry_after(peer, wait)
+            self._retry(ProxyError(ErrorKind.UPSTREAM_STATUS, f"peer {peer.label} answered {status}"))
+            return
         upstream = response_headers(raw_headers, self.runtime.request_id_header_lower)
+        if group is not None and group.sticky is not None and peer is not None:
+            add_sticky_cookie(self.ctx, group, peer, upstream.headers)
         length = upstream.length
         no_body = self._head_only or status in (204, 304)
         self.response_close_delimited = length is None and not upstream.chunked and not no_body
@@ -351,6 +452,17 @@ class Exchange:
         if self._group is not None and self._peer is not None:
             self.runtime.upstream_failed(self._group.name, self._peer.label, error)
         if (
+            conn is None or conn.got_bytes or not self._conn_reused or error.kind is not ErrorKind.UPSTREAM_RESET
+        ):
+            self._settle(False)  # (a stale pooled connection says nothing about the peer)
+        if not self.head_sent and error.retryable and self._may_retry(
+            idempotent_only=error.kind not in (ErrorKind.CONNECT_FAILED, ErrorKind.CONNECT_TIMEOUT)
+        ):
+            if conn is not None:
+                conn.abort()
+            self._retry(error)
+            return
+        if (
             conn is not None
             and self._conn_reused
             and not conn.got_bytes
@@ -363,7 +475,36 @@ class Exchange:
             self._conn_reused = False
             self._task = asyncio.get_running_loop().create_task(self._connect())
             return
+        self._settle(False)
         self.fail(error)
+
+    def _may_retry(self, idempotent_only: bool) -> bool:
+        """May this request be sent again? Never once the client has seen any of the answer."""
+        group = self._group
+        if group is None or self.head_sent or self.finished or self._attempts >= group.retries.attempts:
+            return False
+        if self.upgrade is not None:
+            return False
+        if idempotent_only and self.ctx.method not in _IDEMPOTENT:
+            return False
+        if self._sent_body and (self._replay is None or not self.req_done):
+            return False  # the body cannot be sent again
+        total = group.retries.total_timeout
+        if total is not None and self.runtime.clock() - self.ctx.started > total:
+            return False
+        return group.budget.try_retry()
+
+    def _retry(self, error: ProxyError) -> None:
+        self._attempts += 1
+        if self._peer is not None:
+            self._tried += (self._peer,)
+        conn = self._conn
+        self._conn = None
+        if conn is not None:
+            conn.abort()
+        self._settle(False)
+        self.runtime.retried(self.ctx, error)
+        self._try_peer()
 
     def upstream_write_paused(self) -> None:
         self.ds.pause_reading()
@@ -384,7 +525,7 @@ class Exchange:
     # ================================================================== upgrade tunnel
     def upstream_upgraded(self, leftover: bytes) -> None:
         """The peer switched protocols: from now on bytes flow untouched both ways."""
-        headers = [(b"Connection", b"upgrade"), (b"Upgrade", self.upgrade or b"")]
+        headers = [(b"Connection", b"upgrade"), (b"Upgrade", self.upgrade or b""), *self._switch_headers]
         self.head_sent = True
         self.ctx.status = 101
         self.ds.send_switch(headers)
@@ -475,6 +616,7 @@ class Exchange:
         self.ds.send_head(head.status, head.headers, length, no_body, close)
 
     def _drop_upstream(self) -> None:
+        self._settle(None)
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._task = None

@@ -320,6 +320,8 @@ class H1RequestReader:
         )
 
     def on_body(self, body: bytes) -> None:
+        # data after a chunk header: it was not the last chunk, so no trailer section yet
+        self._in_trailers = False
         self.request_body(body)
 
     def on_chunk_complete(self) -> None:

@@ -74,6 +74,12 @@ class _Collector:
         for labels, value in _merge_counts(snaps, "upstream_failures").items():
             failures.add_metric(list(labels), value)
         yield failures
+        retries = CounterMetricFamily(
+            "portcullis_upstream_retries", "Requests sent again, by reason.", labels=["upstream", "reason"]
+        )
+        for labels, value in _merge_counts(snaps, "upstream_retries").items():
+            retries.add_metric(list(labels), value)
+        yield retries
         up_hist = _merge_hist(
             (tuple(item[:2]), item[2]) for s in snaps for item in s.get("upstream_durations", [])
         )

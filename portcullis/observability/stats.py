@@ -41,6 +41,7 @@ class WorkerStats:
         self.upstream_attempts: dict[tuple[str, str], int] = {}
         self.upstream_failures: dict[tuple[str, str, str], int] = {}
         self.upstream_durations: dict[tuple[str, str], Histogram] = {}
+        self.upstream_retries: dict[tuple[str, str], int] = {}
         self.connections_total = 0
         self.rejected: dict[str, int] = {}
 
@@ -60,6 +61,10 @@ class WorkerStats:
         key = (upstream, peer, kind)
         self.upstream_failures[key] = self.upstream_failures.get(key, 0) + 1
 
+    def upstream_retry(self, upstream: str, reason: str) -> None:
+        key = (upstream, reason)
+        self.upstream_retries[key] = self.upstream_retries.get(key, 0) + 1
+
     def upstream_response(self, upstream: str, peer: str, seconds: float) -> None:
         key = (upstream, peer)
         hist = self.upstream_durations.get(key)
@@ -77,6 +82,7 @@ class WorkerStats:
             "durations": {k: h.snapshot() for k, h in self.durations.items()},
             "upstream_attempts": [[*k, v] for k, v in self.upstream_attempts.items()],
             "upstream_failures": [[*k, v] for k, v in self.upstream_failures.items()],
+            "upstream_retries": [[*k, v] for k, v in self.upstream_retries.items()],
             "upstream_durations": [[*k, h.snapshot()] for k, h in self.upstream_durations.items()],
             "connections_total": self.connections_total,
             "rejected": dict(self.rejected),

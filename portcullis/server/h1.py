@@ -214,7 +214,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
                 lines.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 close = True  # an HTTP/1.0 client learns the end of the body from the close
-        if close or not self._keep_alive:
+        if close or not self._keep_alive or self._runtime.retired:
+            # a retired runtime (reload, drain) announces the close, so no client reuses the connection
             self._keep_alive = False
             lines.append(b"Connection: close\r\n\r\n")
         elif self._version == "1.0":
@@ -309,7 +310,6 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         if (
             not keep_alive
             or not self._keep_alive
-            or self._runtime.retired
             or self._tunnel_pending is not None
             or self._state == _TUNNEL
         ):

@@ -119,10 +119,12 @@ class Master:
             server.close()
         for worker in self.workers:
             worker.send_signal(sig)
-        limit = self.config.server.timeouts.shutdown + 5.0
-        await asyncio.gather(*(w.wait_exit(limit) for w in self.workers))
+        # stop accepting now: while the master holds the sockets open the kernel still queues new
+        # connections that no worker will serve (they would hang, then be reset)
         for sock in self.sockets.values():
             sock.close()
+        limit = self.config.server.timeouts.shutdown + 5.0
+        await asyncio.gather(*(w.wait_exit(limit) for w in self.workers))
         self._stopped.set()
 
     async def wait_stopped(self) -> None:

@@ -27,6 +27,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_idle_timeout",
         "_in_trailers",
         "_parser",
+        "_response_timeout",
         "_state",
         "_trailers",
         "closed",
@@ -52,6 +53,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._trailers: Headers | None = None
         self._in_trailers = False
         self._idle_timeout = 60.0
+        self._response_timeout = 60.0
         self._head_only = False
         self._bound = False
 
@@ -154,7 +156,9 @@ class UpstreamConnection(asyncio.Protocol):
         self._in_trailers = True
 
     def on_message_complete(self) -> None:
-        if self._state == _READING and not self._head_only:
+        # llhttp ends a 101's message with its head: the tunnel starts in data_received instead
+        parser = self._parser
+        if self._state == _READING and not self._head_only and parser is not None and parser.get_status_code() != 101:
             self._finish()
 
     # ------------------------------------------------------------------ used by the exchange
@@ -187,11 +191,16 @@ class UpstreamConnection(asyncio.Protocol):
         self._idle_timeout = idle_timeout
         self._state = _WAITING
         self.got_bytes = False
+        self._response_timeout = response_timeout
         self.deadline = self.watchdog.now + response_timeout
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
+            if self._state == _WAITING:
+                # the response timeout runs from the last request byte sent, so a long upload
+                # that the peer keeps reading is not cut with a 504
+                self.deadline = self.watchdog.now + self._response_timeout
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
@@ -221,9 +230,7 @@ class UpstreamConnection(asyncio.Protocol):
             return
         self.abort()
         if self._state == _WAITING:
-            exchange.upstream_failed(
-                ProxyError(ErrorKind.UPSTREAM_TIMEOUT, "upstream sent no response in time")
-            )
+            exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_TIMEOUT, "upstream sent no response in time"))
         else:
             exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_TIMEOUT, "upstream stalled mid-response"))
 

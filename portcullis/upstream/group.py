@@ -1,67 +1,253 @@
-"""Upstream groups and their peers; selection here is smooth weighted round robin."""
+"""Upstream groups and their peers: which peer gets a request, and what each outcome teaches."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
+from portcullis.balancing.health import Breaker, BreakerPolicy, Outlier, OutlierPolicy, RetryBudget
+from portcullis.balancing.selectors import SELECTORS, Selector
 from portcullis.config.schema import Upstream as UpstreamConfig
 from portcullis.config.units import parse_address
+from portcullis.observability.events import event
 from portcullis.upstream.pool import Pool
+from portcullis.upstream.sticky import sticky_token
 
 if TYPE_CHECKING:
     from portcullis.engine.context import RequestContext
 
+log = logging.getLogger("portcullis")
+
+_EWMA_DECAY = 0.3
+
 
 class Peer:
-    __slots__ = ("current", "host", "label", "pool", "port", "url", "weight")
+    """One peer of one upstream: its address, pool, load and health."""
 
-    def __init__(self, url: str, weight: int, pool: Pool) -> None:
-        self.url = url
+    __slots__ = (
+        "active",
+        "active_ok",
+        "backup",
+        "base_weight",
+        "breaker",
+        "ewma",
+        "group",
+        "host",
+        "key",
+        "label",
+        "max_conns",
+        "outlier",
+        "pool",
+        "port",
+        "reason",
+        "recovered_at",
+        "retry_after_until",
+        "url",
+    )  # fmt: skip
+
+    def __init__(self, url: str, weight: int, pool: Pool, backup: bool = False, max_conns: int = 0) -> None:
+        self.url = self.key = url
         hostport = url.partition("://")[2].rstrip("/")
         if ":" not in hostport.rsplit("]", 1)[-1]:
             hostport += ":80"
         self.host, self.port = parse_address(hostport)
         self.label = hostport
-        self.weight = weight
-        self.current = 0
+        self.base_weight = weight
+        self.backup = backup
+        self.max_conns = max_conns
         self.pool = pool
+        self.active = 0
+        self.ewma = 0.0
+        self.active_ok = True
+        self.reason = "healthy"
+        self.recovered_at = 0.0
+        self.retry_after_until = 0.0
+        self.breaker: Breaker | None = None
+        self.outlier: Outlier | None = None
+        self.group: UpstreamGroup | None = None
+
+    @property
+    def weight(self) -> float:
+        group = self.group
+        if group is None or not group.slow_start or not self.recovered_at:
+            return self.base_weight
+        ramp = (group.clock() - self.recovered_at) / group.slow_start
+        if ramp >= 1.0:
+            self.recovered_at = 0.0
+            return self.base_weight
+        return self.base_weight * max(ramp, 0.05)
+
+    def state(self, now: float) -> str:
+        if not self.active_ok:
+            return "down"
+        if self.outlier is not None and self.outlier.ejected(now):
+            return "ejected"
+        if self.breaker is not None and self.breaker.state.value != "closed":
+            return f"breaker {self.breaker.state.value}"
+        if now < self.retry_after_until:
+            return "retry-after"
+        return "up"
 
 
 class UpstreamGroup:
-    __slots__ = (
-        "_next",
-        "_total_weight",
-        "_uniform",
-        "connect_timeout",
-        "idle_timeout",
-        "name",
-        "peers",
-        "response_timeout",
-    )
+    def __init__(self, name: str, config: UpstreamConfig, peers: Sequence[Peer], clock: object = None) -> None:
+        import time
 
-    def __init__(self, name: str, config: UpstreamConfig, peers: Sequence[Peer]) -> None:
         self.name = name
+        self.config = config
         self.peers = tuple(peers)
+        self.primaries = tuple(p for p in self.peers if not p.backup)
+        self.backups = tuple(p for p in self.peers if p.backup)
+        self.clock = clock if callable(clock) else time.monotonic
         self.connect_timeout = config.timeouts.connect
         self.response_timeout = config.timeouts.response
         self.idle_timeout = config.timeouts.idle
-        self._total_weight = sum(p.weight for p in self.peers)
-        self._uniform = all(p.weight == self.peers[0].weight for p in self.peers)
-        self._next = 0
+        self.retries = config.retries
+        self.budget = RetryBudget(config.retries.budget)
+        self.slow_start = config.slow_start
+        self.queue_timeout = config.queue_timeout
+        self.sticky = config.sticky
+        self.hash_key = config.hash_key
+        self.max_outstanding = config.breaker.max_outstanding if config.breaker else 0
+        selector = SELECTORS[config.balance]
+        self.selector: Selector = selector(self.primaries)
+        self.backup_selector: Selector | None = selector(self.backups) if self.backups else None
+        for peer in self.peers:
+            peer.group = self
+            if config.breaker is not None and peer.breaker is None:
+                peer.breaker = Breaker(BreakerPolicy(config.breaker.failures, config.breaker.open_for))
+            if config.outlier is not None and peer.outlier is None:
+                o = config.outlier
+                peer.outlier = Outlier(
+                    OutlierPolicy(
+                        o.failure_rate, o.window, o.min_requests, o.ejection, o.max_ejection, o.max_ejected_share
+                    )
+                )
+        # one peer and nothing that could take it out of service: no per-request bookkeeping at all
+        self.trivial = (
+            len(self.peers) == 1 and config.health is None and config.breaker is None and config.outlier is None
+        )
+        self.by_key = {p.key: p for p in self.peers}
+        self._by_token = {sticky_token(p): p for p in self.peers}
 
-    def select(self, ctx: RequestContext) -> Peer:
-        peers = self.peers
-        if len(peers) == 1:
-            return peers[0]
-        if self._uniform:
-            self._next = (self._next + 1) % len(peers)
-            return peers[self._next]
-        # smooth weighted round robin: every peer gains its weight, the richest is picked and pays the total
-        best = peers[0]
-        for peer in peers:
-            peer.current += peer.weight
-            if peer.current > best.current:
-                best = peer
-        best.current -= self._total_weight
-        return best
+    # ------------------------------------------------------------------ selection
+    def available(self, peer: Peer, now: float) -> bool:
+        if not peer.active_ok or now < peer.retry_after_until:
+            return False
+        if peer.outlier is not None and peer.outlier.ejected(now):
+            return False
+        if peer.breaker is not None and not peer.breaker.allows(now):
+            return False
+        return not (self.max_outstanding and peer.active >= self.max_outstanding)
+
+    def select(self, ctx: RequestContext, tried: tuple[Peer, ...] = ()) -> Peer | None:
+        """A peer for this request, never one in `tried` when another is available; None if none is."""
+        if self.trivial:
+            return self.peers[0]
+        now = self.clock()
+        if self.sticky is not None and not tried:
+            pinned = self.sticky_peer(ctx)
+            if pinned is not None and self.available(pinned, now) and self._has_room(pinned):
+                return pinned
+        key = self._hash_input(ctx)
+        selectors = (self.selector, self.backup_selector)
+        # untried primaries, untried backups, then (a retry with nothing new left) any available peer
+        for fresh_only in (True, False) if tried else (True,):
+            for selector in selectors:
+                if selector is None:
+                    continue
+                if fresh_only:
+                    choice = selector.pick(key, lambda p: p not in tried and self._eligible(p, now))  # type: ignore[arg-type]
+                else:
+                    choice = selector.pick(key, lambda p: self._eligible(p, now))  # type: ignore[arg-type]
+                if choice is not None:
+                    assert isinstance(choice, Peer)
+                    return choice
+        return None
+
+    def _eligible(self, peer: Peer, now: float) -> bool:
+        return self.available(peer, now) and self._has_room(peer)
+
+    def _has_room(self, peer: Peer) -> bool:
+        return not peer.max_conns or peer.active < peer.max_conns
+
+    def at_capacity(self) -> bool:
+        """Every available peer is full (a request may wait for room)."""
+        now = self.clock()
+        candidates = [p for p in self.peers if self.available(p, now)]
+        return bool(candidates) and all(p.max_conns and p.active >= p.max_conns for p in candidates)
+
+    def _hash_input(self, ctx: RequestContext) -> bytes | None:
+        spec = self.hash_key
+        if spec is None:
+            return ctx.client_ip.encode() if self.config.balance == "ip_hash" else None
+        if spec == "client_ip":
+            return ctx.client_ip.encode()
+        if spec == "path":
+            return ctx.path.encode()
+        kind, _, name = spec.partition(":")
+        if kind == "header":
+            return ctx.header(name.lower().encode())
+        if kind == "cookie":
+            value = _cookie(ctx, name)
+            return value.encode() if value is not None else None
+        for part in ctx.query.split("&"):
+            k, _, v = part.partition("=")
+            if k == name:
+                return v.encode()
+        return None
+
+    def sticky_peer(self, ctx: RequestContext) -> Peer | None:
+        assert self.sticky is not None
+        value = _cookie(ctx, self.sticky.cookie)
+        if value is None:
+            return None
+        return self._by_token.get(value)
+
+    # ------------------------------------------------------------------ outcomes
+    def record(self, peer: Peer, ok: bool, elapsed: float | None) -> None:
+        """Learn from how a try on `peer` went (ok: it answered, and not with a 5xx)."""
+        if elapsed is not None:
+            peer.ewma = elapsed if peer.ewma == 0.0 else peer.ewma + _EWMA_DECAY * (elapsed - peer.ewma)
+        if self.trivial:
+            return
+        now = self.clock()
+        if peer.breaker is not None and peer.breaker.record(ok, now):
+            self._changed(peer, f"circuit breaker {peer.breaker.state.value}")
+            if ok:
+                peer.recovered_at = now
+        outlier = peer.outlier
+        if outlier is not None and outlier.record(ok, now) and not outlier.ejected(now):
+            ejected = sum(1 for p in self.peers if p.outlier is not None and p.outlier.ejected(now))
+            if (ejected + 1) / len(self.peers) <= outlier.policy.max_ejected_share:
+                duration = outlier.eject(now)
+                peer.recovered_at = now + duration
+                self._changed(peer, f"ejected for {duration:.0f}s: failure rate over the window")
+
+    def retry_after(self, peer: Peer, seconds: float) -> None:
+        peer.retry_after_until = self.clock() + min(seconds, 300.0)
+
+    def set_active_health(self, peer: Peer, ok: bool, reason: str) -> None:
+        """From the master's active checks."""
+        if ok != peer.active_ok:
+            peer.active_ok = ok
+            peer.reason = reason
+            if ok:
+                peer.recovered_at = self.clock()
+
+    def _changed(self, peer: Peer, reason: str) -> None:
+        peer.reason = reason
+        event(log, "peer_state", f"upstream {self.name} peer {peer.label}: {reason}",
+              upstream=self.name, peer=peer.label, reason=reason)  # fmt: skip
+
+
+def _cookie(ctx: RequestContext, name: str) -> str | None:
+    header = ctx.header(b"cookie")
+    if header is None:
+        return None
+    for part in header.decode("latin-1").split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v
+    return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import partial
 
 from portcullis.config.schema import Config, Route
 from portcullis.config.units import parse_address
@@ -27,12 +28,21 @@ def build_upstreams(config: Config, services: Services) -> dict[str, UpstreamGro
     for name, upstream in config.upstreams.items():
         keepalive = upstream.keepalive
         peers = []
-        for peer in upstream.peers:
-            # pools are services: a reload keeps the warm connections to peers that stay
-            pool = services.get_or_create(Pool, _pool_key(name, peer.url), Pool)
+        for spec in upstream.peers:
+            key = _pool_key(name, spec.url)
+            # peers are services: a reload keeps their warm connections, health and load figures
+            pool = services.get_or_create(Pool, key, Pool)
             pool.max_idle = keepalive.max_idle
             pool.idle_timeout = keepalive.idle_timeout
-            peers.append(Peer(peer.url, peer.weight, pool))
+            peer = services.get_or_create(Peer, key, partial(Peer, spec.url, spec.weight, pool))
+            peer.base_weight, peer.backup, peer.max_conns = spec.weight, spec.backup, spec.max_conns
+            if upstream.breaker is None:
+                peer.breaker = None
+            if upstream.outlier is None:
+                peer.outlier = None
+            if upstream.health is None:
+                peer.active_ok = True
+            peers.append(peer)
         groups[name] = UpstreamGroup(name, upstream, peers)
     return groups
 

@@ -119,6 +119,10 @@ class Runtime:
     def upstream_failed(self, upstream: str, peer: str, error: ProxyError) -> None:
         self.stats.upstream_failure(upstream, peer, error.kind.value)
 
+    def retried(self, ctx: RequestContext, error: ProxyError) -> None:
+        upstream = ctx.route.upstream.name if ctx.route is not None and ctx.route.upstream is not None else ""
+        self.stats.upstream_retry(upstream, error.kind.value)
+
     def request_finished(self, ctx: RequestContext) -> None:
         """Every request ends here exactly once: metrics and the access log."""
         total = self.clock() - ctx.started
@@ -133,10 +137,13 @@ class Runtime:
         self.stats.reject(error.kind.value)
         log.info("rejected request from %s (%s): %s", client_ip, request_id, error.detail)
 
-    def retire(self) -> None:
-        """A newer runtime has taken over: close idle connections now, the rest after their request."""
+    def retire(self, grace: float = 1.0) -> None:
+        """A newer runtime has taken over: its connections answer with `Connection: close` and close after
+        their request; those still idle `grace` seconds later are closed then (closing an idle connection
+        at once races with a client that is sending its next request on it)."""
         self.retired = True
-        self.close_idle_connections()
+        stale = list(self.connections)
+        self.watchdog.loop.call_later(grace, lambda: [conn.close_if_idle() for conn in stale])
         if self.access_log is not None:
             self.access_log.close()
 

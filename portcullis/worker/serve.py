@@ -72,6 +72,8 @@ class Worker:
         old, self.runtime, self.config = self.runtime, fresh, config
         if old is not None:
             old.retire()
+            # its requests still in flight log to the current file (the retired log is closed, never flushed)
+            old.access_log = fresh.access_log
             # connections of the old generation still refer to it until they close
             fresh.connections.update(old.connections)
             old.connections = fresh.connections

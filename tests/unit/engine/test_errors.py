@@ -23,6 +23,7 @@ EXPECTED = {
     ErrorKind.UPSTREAM_RESET: (502, Source.UPSTREAM, True),
     ErrorKind.UPSTREAM_TIMEOUT: (504, Source.UPSTREAM, False),
     ErrorKind.UPSTREAM_PROTOCOL: (502, Source.UPSTREAM, False),
+    ErrorKind.UPSTREAM_STATUS: (502, Source.UPSTREAM, True),
     ErrorKind.NO_HEALTHY_PEER: (503, Source.UPSTREAM, False),
     ErrorKind.INTERNAL: (500, Source.INTERNAL, False),
 }

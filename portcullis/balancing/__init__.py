@@ -1,0 +1,1 @@
+"""Load balancing: peer selection, health, outlier ejection and circuit breaking."""

@@ -1,0 +1,181 @@
+"""Peer selection rules: pure objects, no I/O, a random source that tests can seed.
+
+Every selector is built once per upstream with the full peer list and asked to `pick` one
+of the peers that `eligible` accepts (healthy, not ejected, not already tried ...).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+
+class Candidate(Protocol):
+    """What a selector may read of a peer."""
+
+    @property
+    def key(self) -> str: ...  # stable identity, e.g. the peer URL
+
+    @property
+    def weight(self) -> float: ...
+
+    @property
+    def active(self) -> int: ...  # requests in flight
+
+    @property
+    def ewma(self) -> float: ...  # smoothed response time in seconds
+
+
+Eligible = Callable[[Candidate], bool]
+
+
+def _everyone(_: Candidate) -> bool:
+    return True
+
+
+class Selector:
+    def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
+        self.peers = tuple(peers)
+        self.rng = rng or random.Random()
+
+    def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        raise NotImplementedError
+
+
+class RoundRobin(Selector):
+    """Smooth weighted round robin (nginx): over a cycle of total weight, each peer is picked
+    exactly `weight` times, interleaved rather than in bursts."""
+
+    def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
+        super().__init__(peers, rng)
+        self.current = [0.0] * len(self.peers)
+
+    def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        best = -1
+        total = 0.0
+        current = self.current
+        for index, peer in enumerate(self.peers):
+            if not eligible(peer):
+                continue
+            current[index] += peer.weight
+            total += peer.weight
+            if best < 0 or current[index] > current[best]:
+                best = index
+        if best < 0:
+            return None
+        current[best] -= total
+        return self.peers[best]
+
+
+class LeastConn(Selector):
+    """Fewest requests in flight relative to weight; ties broken at random."""
+
+    def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        best: list[Candidate] = []
+        best_load = 0.0
+        for peer in self.peers:
+            if not eligible(peer):
+                continue
+            load = peer.active / peer.weight
+            if not best or load < best_load:
+                best, best_load = [peer], load
+            elif load == best_load:
+                best.append(peer)
+        return self.rng.choice(best) if best else None
+
+
+class RandomChoice(Selector):
+    """Weighted random."""
+
+    def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        pool = [p for p in self.peers if eligible(p)]
+        if not pool:
+            return None
+        return self.rng.choices(pool, weights=[p.weight for p in pool])[0]
+
+
+class P2CEwma(Selector):
+    """Power of two choices on a moving average of latency times outstanding requests
+    (as Linkerd and Envoy do): two random peers, the one with the lower cost wins."""
+
+    def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        pool = [p for p in self.peers if eligible(p)]
+        if len(pool) <= 1:
+            return pool[0] if pool else None
+        a, b = self.rng.sample(pool, 2)
+        return a if _cost(a) <= _cost(b) else b
+
+
+def _cost(peer: Candidate) -> float:
+    return (peer.ewma + 1e-4) * (peer.active + 1) / peer.weight
+
+
+def _hash64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+class Maglev(Selector):
+    """Consistent hashing with a Maglev lookup table: removing one peer of N moves about 1/N of
+    the keys, and the spread is even. An ineligible peer's keys go to the next table entries."""
+
+    TABLE_SIZE = 65537  # prime, much larger than any peer count
+
+    def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
+        super().__init__(peers, rng)
+        self.table = self._populate()
+
+    def _populate(self) -> list[int]:
+        size = self.TABLE_SIZE
+        n = len(self.peers)
+        table = [-1] * size
+        if n == 0:
+            return table
+        offsets, skips, nexts = [], [], [0] * n
+        for peer in self.peers:
+            offsets.append(_hash64(b"offset:" + peer.key.encode()) % size)
+            skips.append(_hash64(b"skip:" + peer.key.encode()) % (size - 1) + 1)
+        # weights: a peer gets `weight` turns per round
+        turns = [max(1, round(p.weight)) for p in self.peers]
+        filled = 0
+        while True:
+            for i in range(n):
+                for _ in range(turns[i]):
+                    slot = (offsets[i] + nexts[i] * skips[i]) % size
+                    while table[slot] >= 0:
+                        nexts[i] += 1
+                        slot = (offsets[i] + nexts[i] * skips[i]) % size
+                    table[slot] = i
+                    nexts[i] += 1
+                    filled += 1
+                    if filled == size:
+                        return table
+
+    def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        if not self.peers:
+            return None
+        if hash_key is None:
+            hash_key = self.rng.randbytes(8)
+        slot = _hash64(hash_key) % self.TABLE_SIZE
+        for step in range(len(self.table)):
+            peer = self.peers[self.table[(slot + step) % self.TABLE_SIZE]]
+            if eligible(peer):
+                return peer
+            if step > 4 * len(self.peers) + 64 and not any(eligible(p) for p in self.peers):
+                return None
+        return None
+
+
+class IpHash(Maglev):
+    """Consistent hashing on the client address (the caller passes it as the key)."""
+
+
+SELECTORS: dict[str, type[Selector]] = {
+    "round_robin": RoundRobin,
+    "least_conn": LeastConn,
+    "random": RandomChoice,
+    "p2c_ewma": P2CEwma,
+    "ip_hash": IpHash,
+    "consistent_hash": Maglev,
+}
