@@ -50,15 +50,11 @@ class AdminAPI:
         if path == "/healthz":
             return SimpleResponse(200, b"ok\n", "text/plain")
         if not self._authorized(request):
-            return SimpleResponse(
-                401, b'{"error": "bearer token required"}\n', headers={"WWW-Authenticate": "Bearer"}
-            )
+            return SimpleResponse(401, b'{"error": "bearer token required"}\n', headers={"WWW-Authenticate": "Bearer"})
         master = self.master
         if path == "/readyz":
             ready = master.ready and not master.stopping and all(w.generation >= 1 for w in master.workers)
-            return SimpleResponse(
-                200 if ready else 503, b"ready\n" if ready else b"not ready\n", "text/plain"
-            )
+            return SimpleResponse(200 if ready else 503, b"ready\n" if ready else b"not ready\n", "text/plain")
         if path == "/metrics":
             snapshots = await master.collect_stats()
             body = render(snapshots, self._master_counters())
@@ -67,9 +63,7 @@ class AdminAPI:
             if method != "POST":
                 return _json(405, {"error": "use POST"})
             ok, error = await master.reload()
-            return _json(
-                200 if ok else 422, {"reloaded": ok, "generation": master.generation, "error": error}
-            )
+            return _json(200 if ok else 422, {"reloaded": ok, "generation": master.generation, "error": error})
         if method != "GET":
             return _json(405, {"error": "method not allowed"})
         if path in ("/api", "/api/", "/api/status"):
@@ -77,7 +71,7 @@ class AdminAPI:
         if path == "/api/config":
             return _json(200, redact(master.config.model_dump(mode="json")))
         if path == "/api/upstreams":
-            return _json(200, self.upstreams())
+            return _json(200, await self.upstreams())
         if path == "/api/listeners":
             return _json(200, self.listeners())
         return _json(404, {"error": f"no such endpoint: {path}"})
@@ -102,25 +96,33 @@ class AdminAPI:
             "workers": [{"index": w.index, "pid": w.pid, "generation": w.generation} for w in m.workers],
         }
 
-    def upstreams(self) -> dict[str, Any]:
-        return {
-            name: {
-                "balance": up.balance,
-                "peers": [
-                    {"url": p.url, "weight": p.weight, "state": "up", "health": "not checked"}
-                    for p in up.peers
-                ],
-            }
-            for name, up in self.master.config.upstreams.items()
-        }
+    async def upstreams(self) -> dict[str, Any]:
+        """Each peer's state: the master's active checks, and what the workers see (ejection,
+        circuit breaker, load); a peer any worker takes out of service is shown with why."""
+        snapshots = await self.master.collect_stats()
+        out: dict[str, Any] = {}
+        for name, up in self.master.config.upstreams.items():
+            peers = []
+            for p in up.peers:
+                check = self.master.health.checks.get((name, p.url))
+                seen = [s.get("gauges", {}).get("peers", {}).get(name, {}).get(p.url) for s in snapshots]
+                seen = [v for v in seen if v]
+                down = [v for v in seen if v["state"] != "up"]
+                state = down[0]["state"] if down else ("up" if seen else "unknown")
+                peers.append({
+                    "url": p.url, "weight": p.weight, "backup": p.backup, "state": state,
+                    "reason": down[0]["reason"] if down else (check.reason if check else "no active check"),
+                    "active_check": None if check is None else {"healthy": check.healthy, "reason": check.reason},
+                    "in_flight": sum(v["active"] for v in seen),
+                })  # fmt: skip
+            out[name] = {"balance": up.balance, "peers": peers}
+        return out
 
     def listeners(self) -> list[dict[str, Any]]:
         out = []
         for lst in self.master.config.listeners:
             certs = [{"cert": c.cert} for c in lst.tls.certificates] if lst.tls else []
-            out.append(
-                {"name": lst.name, "listen": lst.listen, "tls": lst.tls is not None, "certificates": certs}
-            )
+            out.append({"name": lst.name, "listen": lst.listen, "tls": lst.tls is not None, "certificates": certs})
         return out
 
 

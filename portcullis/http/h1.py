@@ -108,6 +108,7 @@ class H1RequestReader:
         "_connection",
         "_content_length",
         "_expect",
+        "_feed_body",
         "_head_bytes",
         "_header_bytes",
         "_headers",
@@ -135,6 +136,7 @@ class H1RequestReader:
         """A request head has begun and is not complete yet."""
         self._line_done = False
         self._head_bytes = 0
+        self._feed_body = False
         self._reset()
 
     def _reset(self) -> None:
@@ -173,6 +175,7 @@ class H1RequestReader:
         counting = self.in_head or self._in_trailers
         if not counting:
             self._head_bytes = 0
+        self._feed_body = False  # a feed that carried body bytes is not all head or trailers
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -189,7 +192,7 @@ class H1RequestReader:
         except httptools.HttpParserError as exc:
             self._stopped = True
             raise ProxyError(ErrorKind.BAD_REQUEST, f"malformed request: {exc}") from None
-        if counting and (self.in_head or self._in_trailers):
+        if counting and not self._feed_body and (self.in_head or self._in_trailers):
             self._head_bytes += len(data)
             if not self._line_done and b"\n" in data:
                 self._line_done = True
@@ -322,13 +325,13 @@ class H1RequestReader:
     def on_body(self, body: bytes) -> None:
         # data after a chunk header: it was not the last chunk, so no trailer section yet
         self._in_trailers = False
+        self._feed_body = True
         self.request_body(body)
 
     def on_chunk_complete(self) -> None:
-        # header callbacks after the last chunk are trailers
+        # header callbacks after the last chunk are trailers (on_chunk_header marks them)
         if self._trailers is None:
             self._trailers = []
-        self._in_trailers = True
 
     def on_chunk_header(self) -> None:
         # llhttp reports the trailer fields after the last (zero-size) chunk's header and before

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from portcullis.balancing.active import HealthChecker, PeerCheck
 from portcullis.config import Config, ConfigError, load_config_text
 from portcullis.observability.events import event, setup_logging
 from portcullis.supervisor.sockets import BindError, bind_listener
@@ -25,6 +26,12 @@ from portcullis.supervisor.workers import WorkerHandle
 log = logging.getLogger("portcullis")
 
 READY_TIMEOUT = 15.0
+
+
+def _health_message(check: PeerCheck) -> dict[str, Any]:
+    return {
+        "type": "health", "upstream": check.upstream, "peer": check.url, "ok": check.healthy, "reason": check.reason,
+    }  # fmt: skip
 
 
 def _listener_keys(config: Config) -> dict[str, str]:
@@ -58,6 +65,8 @@ class Master:
         self._stopped = asyncio.Event()
         self._servers: list[asyncio.Server] = []
         self.started_at = time.time()
+        self.health = HealthChecker(config, self._health_changed)
+        self._pending: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ start and stop
     async def start(self) -> None:
@@ -71,6 +80,7 @@ class Master:
 
             self._servers.append(await start_admin(self, self.config.admin))
         await self._start_generation(_worker_count(self.config))
+        self.health.start()
         self.ready = True
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
@@ -81,6 +91,18 @@ class Master:
             log, "started", "portcullis is serving", generation=self.generation, workers=len(self.workers),
             listeners={lst.name: lst.listen for lst in self.config.listeners},
         )  # fmt: skip
+
+    def health_messages(self) -> list[dict[str, Any]]:
+        """What the active checks know, for a worker that has just been given a config."""
+        return [_health_message(check) for check in self.health.checks.values()]
+
+    def _health_changed(self, check: PeerCheck) -> None:
+        message = _health_message(check)
+        loop = asyncio.get_running_loop()
+        for worker in self.workers:
+            task = loop.create_task(worker.send(message))
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
 
     def config_message(self) -> dict[str, Any]:
         return {
@@ -147,6 +169,13 @@ class Master:
                 await self._apply(config, text)
             except (BindError, RuntimeError, TimeoutError) as exc:
                 return self._reload_failed(str(exc) or type(exc).__name__)
+            previous = self.health
+            await previous.stop()
+            self.health = HealthChecker(config, self._health_changed, previous.checks)
+            self.health.start()
+            for message in self.health_messages():
+                for worker in self.workers:
+                    await worker.send(message)
             self.reloads += 1
             self.last_reload_error = None
             self.loaded_at = time.time()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import signal
@@ -52,6 +53,8 @@ class WorkerHandle:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
         await self.channel.send(config_message)
+        for message in self.master.health_messages():
+            await self.channel.send(message)
 
     async def _read(self) -> None:
         assert self.channel is not None
@@ -98,6 +101,12 @@ class WorkerHandle:
         self.error = None
         await self.channel.send(config_message)
         await asyncio.wait_for(self.wait_ready(int(config_message["generation"])), 15.0)
+
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.channel is not None and not self._exited():
+            # a worker that is gone gets the state again when its replacement starts
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.channel.send(message)
 
     async def stats(self, timeout: float) -> dict[str, Any]:
         assert self.channel is not None

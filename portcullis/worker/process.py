@@ -74,6 +74,8 @@ async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
                     )
                     continue
                 await channel.send({"type": "ready", "generation": message["generation"], "pid": os.getpid()})
+            elif kind == "health":
+                worker.set_health(message["upstream"], message["peer"], bool(message["ok"]), str(message["reason"]))
             elif kind == "stats":
                 await channel.send({"type": "stats", "id": message["id"], "data": worker.snapshot()})
 

@@ -153,4 +153,12 @@ class Runtime:
             for peer in group.peers:
                 idle += len(peer.pool.idle)
                 busy += peer.pool.busy
-        return {"connections_active": len(self.connections), "pool_idle": idle, "pool_busy": busy}
+        now = time.monotonic()
+        peers = {
+            name: {
+                peer.url: {"state": peer.state(now), "reason": peer.reason, "active": peer.active, "ewma": peer.ewma}
+                for peer in group.peers
+            }
+            for name, group in self.upstreams.items()
+        }
+        return {"connections_active": len(self.connections), "pool_idle": idle, "pool_busy": busy, "peers": peers}

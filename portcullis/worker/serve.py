@@ -84,6 +84,14 @@ class Worker:
         assert runtime is not None
         return runtime.stats.snapshot(runtime.gauges())
 
+    def set_health(self, upstream: str, url: str, ok: bool, reason: str) -> None:
+        """An active check result from the master."""
+        runtime = self.runtime
+        group = runtime.upstreams.get(upstream) if runtime is not None else None
+        peer = group.by_key.get(url) if group is not None else None
+        if group is not None and peer is not None:
+            group.set_active_health(peer, ok, reason)
+
     def reopen_logs(self) -> None:
         if self.runtime is not None and self.runtime.access_log is not None:
             self.runtime.access_log.reopen()
