@@ -574,6 +574,8 @@ class Exchange:
         ctx = self.ctx
         if ctx.error is None:
             ctx.error = error
+        if ctx.decision is None:
+            ctx.decision = f"{error.kind.value}: {error.detail}" if error.detail else error.kind.value
         if self.finished:
             return
         if self.head_sent:

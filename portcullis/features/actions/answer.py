@@ -35,6 +35,7 @@ class RedirectAction(Filter):
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
         location = self.location(ctx).encode("latin-1", "replace")
+        ctx.decision = f"redirect {self.status}"
         return Response(self.status, [(b"Location", location), (b"Content-Type", b"text/plain")], b"")
 
 
@@ -50,6 +51,7 @@ class RespondAction(Filter):
         ]
 
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
+        ctx.decision = f"respond {self.status}"
         return Response(self.status, list(self.headers), self.body)
 
 
