@@ -27,7 +27,7 @@ class BreakerPolicy:
 
 
 class Breaker:
-    __slots__ = ("_failures", "_opened_at", "_probing", "policy", "state")
+    __slots__ = ("_failures", "_opened_at", "_probe_at", "_probing", "policy", "state")
 
     def __init__(self, policy: BreakerPolicy) -> None:
         self.policy = policy
@@ -35,6 +35,7 @@ class Breaker:
         self._failures = 0
         self._opened_at = 0.0
         self._probing = False
+        self._probe_at = 0.0
 
     def allows(self, now: float) -> bool:
         if self.state is BreakerState.CLOSED:
@@ -42,7 +43,13 @@ class Breaker:
         if self.state is BreakerState.OPEN and now - self._opened_at >= self.policy.open_for:
             self.state = BreakerState.HALF_OPEN
             self._probing = False
-        return self.state is BreakerState.HALF_OPEN and not self._probing
+        if self.state is not BreakerState.HALF_OPEN:
+            return False
+        if self._probing and now - self._probe_at >= self.policy.open_for:
+            self._probing = False  # a probe that never reported back (its client left): presumed lost
+        if not self._probing:
+            self._probe_at = now  # if this peer is picked, its probe starts now
+        return not self._probing
 
     def started(self) -> None:
         """A request was sent; in half-open state it is the one probe."""

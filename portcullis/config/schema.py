@@ -97,21 +97,58 @@ class Certificate(Strict):
     key: str
 
 
+class ClientCertHeaders(Strict):
+    """Request headers that carry the verified client certificate to the upstream; whatever the
+    client sent in them itself is removed first."""
+
+    subject: HeaderName | None = None
+    sans: HeaderName | None = None
+    fingerprint: HeaderName | None = None
+    """SHA-256 of the DER certificate, lower-case hex."""
+
+
 class ClientAuth(Strict):
     ca: str
     required: bool = False
+    forward_headers: ClientCertHeaders | None = None
+
+
+class Hsts(Strict):
+    max_age: Duration = 31536000.0
+    include_subdomains: bool = False
+    preload: bool = False
 
 
 class ListenerTls(Strict):
     certificates: list[Certificate] = Field(min_length=1)
+    """The first one is the default (clients without SNI, or names no certificate covers)."""
     client_auth: ClientAuth | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
+    ciphers: str | None = None
+    """OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are all modern); default ECDHE with AEAD only."""
+    watch_interval: Duration = 10.0
+    """How often the certificate files are checked for a renewal (0: never)."""
+    hsts: Hsts | None = None
+    http2: bool = True
+    """Offer h2 by ALPN."""
 
 
 class Listener(Strict):
     name: str
     listen: Address
     tls: ListenerTls | None = None
+    redirect_https: bool = False
+    """A plain listener answers every request with 308 to the https URL."""
+    https_port: int = Field(default=443, ge=1, le=65535)
+    """The port in that URL."""
+    h2c: bool = False
+    """Accept prior-knowledge cleartext HTTP/2 on a plain listener."""
+
+    @model_validator(mode="after")
+    def _plain_only(self) -> Listener:
+        if self.tls is not None and (self.redirect_https or self.h2c):
+            raise ValueError("redirect_https and h2c are for plain listeners (without tls)")
+        return self
 
 
 # --------------------------------------------------------------------------- server-wide HTTP
@@ -138,12 +175,25 @@ class ServerLimits(Strict):
     """Default body limit (413 above it); routes may override."""
 
 
+class Http2(Strict):
+    max_concurrent_streams: int = Field(default=128, ge=1)
+    max_header_list_size: Size = 64 * 1024
+    """Decoded request header block larger than this closes the connection (HPACK bombs)."""
+    initial_window: Size = Field(default=256 * 1024, ge=65535, le=2**31 - 1)
+    """Per-stream receive window for request bodies."""
+    connection_window: Size = Field(default=4 * 1024 * 1024, ge=65535, le=2**31 - 1)
+    max_resets: int = Field(default=200, ge=1)
+    """Streams a client may reset within `reset_window` before GOAWAY (rapid reset, CVE-2023-44487)."""
+    reset_window: Duration = 10.0
+
+
 class Server(Strict):
     trusted_proxies: list[Cidr] = []
     """Only clients in these blocks may set X-Forwarded-* / Forwarded themselves."""
     request_id_header: HeaderName = "X-Request-Id"
     timeouts: ServerTimeouts = ServerTimeouts()
     limits: ServerLimits = ServerLimits()
+    http2: Http2 = Http2()
 
 
 # --------------------------------------------------------------------------- upstreams
@@ -388,8 +438,54 @@ class RespondFilter(Strict):
     headers: dict[HeaderName, HeaderValue] = {}
 
 
+class WafThreshold(Strict):
+    inbound: int = Field(default=5, ge=1)
+    outbound: int = Field(default=4, ge=1)
+
+
+class WafExclusion(Strict):
+    """Remove a rule (`rule_id` or `tag`), or with `target` only that target from it."""
+
+    rule_id: int | None = None
+    tag: str | None = None
+    target: str | None = None
+    """A SecLang variable, e.g. `ARGS:password` or `REQUEST_COOKIES:/^session/`."""
+
+    @model_validator(mode="after")
+    def _selects(self) -> WafExclusion:
+        if self.rule_id is None and self.tag is None:
+            raise ValueError("an exclusion needs rule_id or tag")
+        return self
+
+
+class WafFilter(Strict):
+    type: Literal["waf"]
+    crs: str | None = None
+    """A Core Rule Set directory (e.g. /usr/share/modsecurity-crs); None: only `rules`/`rule_files`."""
+    paranoia: int = Field(default=1, ge=1, le=4)
+    mode: Literal["block", "detect"] = "block"
+    anomaly_threshold: WafThreshold = WafThreshold()
+    exclusions: list[WafExclusion] = []
+    rules: list[str] = []
+    """Inline SecLang rules, loaded after the CRS."""
+    rule_files: list[str] = []
+    max_body: Size = 128 * 1024
+    """Request body bytes inspected; a longer body is rejected (413) or passed per `on_body_limit`."""
+    on_body_limit: Literal["reject", "pass"] = "reject"
+    status: int = Field(default=403, ge=400, le=599)
+
+    @field_validator("crs")
+    @classmethod
+    def _crs_dir(cls, value: str | None) -> str | None:
+        import os
+
+        if value is not None and not os.path.isdir(value):
+            raise ValueError(f"{value!r} is not a directory")
+        return value
+
+
 FilterConfig = Annotated[
-    HeadersFilter | RewriteFilter | RedirectFilter | RespondFilter,
+    HeadersFilter | RewriteFilter | RedirectFilter | RespondFilter | WafFilter,
     Field(discriminator="type"),
 ]
 

@@ -22,6 +22,8 @@ class Chain:
     on_response: tuple[Callable[..., Any], ...]
     on_response_body: tuple[Callable[..., Any], ...]
     on_log: tuple[Callable[..., Any], ...]
+    holds_body: bool = False
+    """A filter needs the whole request body before the request is forwarded."""
 
 
 def compile_chain(filters: Sequence[Filter]) -> Chain:
@@ -42,6 +44,7 @@ def compile_chain(filters: Sequence[Filter]) -> Chain:
         on_response=hooks("on_response", reverse=True),
         on_response_body=hooks("on_response_body", reverse=True),
         on_log=hooks("on_log"),
+        holds_body=any(f.needs_request_body for f in ordered),
     )
 
 

@@ -10,12 +10,14 @@ from portcullis.http.paths import needs_normalizing, normalize_path
 if TYPE_CHECKING:
     from portcullis.engine.errors import ProxyError
     from portcullis.routing.router import CompiledRoute
+    from portcullis.tls.certs import ClientIdentity
 
 
 class RequestContext:
     __slots__ = (
         "bytes_in",
         "bytes_out",
+        "client_cert",
         "client_ip",
         "client_port",
         "connection",
@@ -95,6 +97,8 @@ class RequestContext:
         self.decision: str | None = None
         self.error: ProxyError | None = None
         self.vars: dict[str, Any] | None = None
+        self.client_cert: ClientIdentity | None = None
+        """The verified TLS client certificate (mTLS listeners), set by the connection."""
 
     def header(self, name: bytes) -> bytes | None:
         """First value of a request header, by lower-case name."""

@@ -48,6 +48,7 @@ class Exchange:
         "_conn_reused",
         "_group",
         "_head_only",
+        "_holding",
         "_max_body",
         "_peer",
         "_peer_open",
@@ -99,6 +100,7 @@ class Exchange:
         self.response_close_delimited = False
         self._resp_done = False
         self._head_only = ctx.method == "HEAD"
+        self._holding = False
         self._max_body = runtime.max_body
         self._body_buffer: list[bytes] | None = None
         self._buffered = 0
@@ -133,7 +135,7 @@ class Exchange:
         if route.chain.on_request:
             self._run_request_hooks(0)
         else:
-            self._forward()
+            self._forward_or_hold()
 
     def _incoming_request_id(self) -> str | None:
         value = self.ctx.incoming_request_id
@@ -156,6 +158,16 @@ class Exchange:
                 self.respond(outcome)
                 return
             self._task = asyncio.get_running_loop().create_task(self._await_hook(outcome, index))
+            return
+        self._forward_or_hold()
+
+    def _forward_or_hold(self) -> None:
+        """Forward now, unless a filter inspects the whole body first (chain.holds_body)."""
+        assert self.route is not None
+        if self.route.chain.holds_body and not self.req_done:
+            self._holding = True
+            if self.expect_continue:
+                self.ds.send_continue()
             return
         self._forward()
 
@@ -199,7 +211,7 @@ class Exchange:
             self._body_buffer = []
         self._body_buffer.append(data)
         self._buffered += len(data)
-        if self._buffered > _BUFFER_HIGH:
+        if self._buffered > _BUFFER_HIGH and not self._holding:
             self.ds.pause_reading()
 
     def request_end(self, trailers: Headers | None) -> None:
@@ -223,6 +235,10 @@ class Exchange:
                 if self._body_buffer is None:
                     self._body_buffer = []
                 self._body_buffer.append(end)
+        if self._holding:
+            self._holding = False
+            self._forward()
+            return
         if self._resp_done:
             self._finish()
 

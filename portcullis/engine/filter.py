@@ -24,6 +24,9 @@ RequestOutcome = Response | None | Awaitable[Response | None]
 class Filter:
     kind: ClassVar[str] = ""
     phase: ClassVar[Phase] = Phase.RESPOND
+    needs_request_body: ClassVar[bool] = False
+    """True: the exchange holds the request until its body is complete (on_request_body saw
+    end=True) before forwarding, so the filter can still answer instead (body inspection)."""
 
     async def start(self, services: Services) -> None:
         """Open clients, fetch keys ...; called once before the config serves traffic."""

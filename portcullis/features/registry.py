@@ -9,6 +9,7 @@ from portcullis.config import schema
 from portcullis.engine.filter import Filter
 from portcullis.engine.services import Services
 from portcullis.features.actions import answer, headers, rewrite
+from portcullis.features.waf import filter as waf
 
 Builder = Callable[[Any, Services], Filter]
 
@@ -17,6 +18,7 @@ BUILDERS: dict[type[schema.Strict], Builder] = {
     schema.RewriteFilter: rewrite.build,
     schema.RedirectFilter: answer.build_redirect,
     schema.RespondFilter: answer.build_respond,
+    schema.WafFilter: waf.build,
 }
 
 

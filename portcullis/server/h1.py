@@ -17,6 +17,7 @@ from portcullis.engine.messages import Headers
 from portcullis.http.h1 import H1RequestReader, RequestHead, UpgradeRequested
 
 if TYPE_CHECKING:
+    from portcullis.tls.certs import ClientIdentity
     from portcullis.worker.runtime import ListenerRuntime, Runtime
 
 _STATUS_LINES: dict[int, bytes] = {}
@@ -48,6 +49,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         "_state",
         "_tunnel_pending",
         "_version",
+        "client_cert",
         "client_ip",
         "client_port",
         "deadline",
@@ -62,6 +64,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.deadline = 0.0
         self.trusted = False
+        self.client_cert: ClientIdentity | None = None
         self.client_ip = ""
         self.client_port = 0
         self._state = _IDLE
@@ -156,6 +159,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
             self.client_ip, self.client_port, listener.scheme, listener.name, runtime.clock(),
             head.host, head.connection, head.request_id,
         )  # fmt: skip
+        ctx.client_cert = self.client_cert
         exchange = Exchange(
             self, ctx, runtime, head.content_length, head.chunked, head.expect_continue, head.upgrade
         )
@@ -329,7 +333,9 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
             self.resume_reading()
         if self._reading is None:
             self._state = _IDLE
-            self.deadline = self._runtime.watchdog.now + self._runtime.keepalive_timeout
+            # a connection of a retired runtime (its head was sent before the reload) gets 1 s, not the keep-alive
+            idle = 1.0 if self._runtime.retired else self._runtime.keepalive_timeout
+            self.deadline = self._runtime.watchdog.now + idle
 
     def close_if_idle(self) -> bool:
         """Close the connection if it is between requests (drain, reload). True if it did."""

@@ -83,8 +83,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.deadline = 0.0
             exchange.upstream_upgraded(data[offset:])
         except httptools.HttpParserError as exc:
+            still_ours = self.exchange is exchange  # an exchange that let go of this connection is not told
             self.close()
-            exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_PROTOCOL, f"invalid response: {exc}"))
+            if still_ours:
+                exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_PROTOCOL, f"invalid response: {exc}"))
 
     def eof_received(self) -> bool:
         return False
@@ -158,7 +160,13 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         # llhttp ends a 101's message with its head: the tunnel starts in data_received instead
         parser = self._parser
-        if self._state == _READING and not self._head_only and parser is not None and parser.get_status_code() != 101:
+        if (
+            self._state == _READING
+            and not self._head_only
+            and parser is not None
+            and self.exchange is not None  # not when the exchange dropped this connection (a retry)
+            and parser.get_status_code() != 101
+        ):
             self._finish()
 
     # ------------------------------------------------------------------ used by the exchange
@@ -177,6 +185,10 @@ class UpstreamConnection(asyncio.Protocol):
         self._parser = None
         self._state = _IDLE
         self.deadline = deadline
+        if self.transport is not None:
+            # the response may have ended while a slow client had reading paused: an idle
+            # connection must read again, or the next exchange on it waits forever
+            self.transport.resume_reading()
 
     def bind(self, exchange: Exchange, head_only: bool, response_timeout: float, idle_timeout: float) -> None:
         self.exchange = exchange

@@ -126,7 +126,11 @@ class UpstreamGroup:
                 )
         # one peer and nothing that could take it out of service: no per-request bookkeeping at all
         self.trivial = (
-            len(self.peers) == 1 and config.health is None and config.breaker is None and config.outlier is None
+            len(self.peers) == 1
+            and not self.peers[0].max_conns  # a limit must still be checked for each request
+            and config.health is None
+            and config.breaker is None
+            and config.outlier is None
         )
         self.by_key = {p.key: p for p in self.peers}
         self._by_token = {sticky_token(p): p for p in self.peers}

@@ -13,7 +13,9 @@ from portcullis.config.schema import Config, ListenerTls
 from portcullis.engine.services import Services
 from portcullis.engine.watchdog import Watchdog
 from portcullis.observability.events import event
+from portcullis.server.edge import AlpnDispatch, EdgeH1Connection, ListenerEdge, PrefaceDispatch, build_edge, needs_edge
 from portcullis.server.h1 import H1Connection
+from portcullis.tls.store import CertificateStore
 from portcullis.worker.build import build_runtime
 from portcullis.worker.runtime import Runtime
 
@@ -21,15 +23,8 @@ log = logging.getLogger("portcullis")
 
 
 def tls_context(tls: ListenerTls) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3 if tls.min_version == "1.3" else ssl.TLSVersion.TLSv1_2
-    first = tls.certificates[0]
-    ctx.load_cert_chain(first.cert, first.key)
-    ctx.set_alpn_protocols(["http/1.1"])
-    if tls.client_auth is not None:
-        ctx.load_verify_locations(tls.client_auth.ca)
-        ctx.verify_mode = ssl.CERT_REQUIRED if tls.client_auth.required else ssl.CERT_OPTIONAL
-    return ctx
+    """The listener's context: SNI picks among its certificates (see portcullis.tls.store)."""
+    return CertificateStore(tls, ["h2", "http/1.1"] if tls.http2 else ["http/1.1"]).context
 
 
 class Worker:
@@ -43,6 +38,8 @@ class Worker:
         self.runtime: Runtime | None = None
         self.watchdog: Watchdog | None = None
         self._flusher: asyncio.TimerHandle | None = None
+        self.stores: dict[str, CertificateStore] = {}
+        self._cert_watch: asyncio.TimerHandle | None = None
 
     async def start(self, generation: int = 0) -> None:
         loop = asyncio.get_running_loop()
@@ -50,20 +47,70 @@ class Worker:
         self.watchdog.start()
         self.runtime = build_runtime(self.config, self.services, self.watchdog, generation)
         for listener in self.config.listeners:
-            context = tls_context(listener.tls) if listener.tls is not None else None
+            store = None
+            if listener.tls is not None:
+                alpn = ["h2", "http/1.1"] if listener.tls.http2 else ["http/1.1"]
+                store = CertificateStore(listener.tls, alpn)
+                self.stores[listener.name] = store
+            edge = build_edge(listener, self.config.server, store)
             server = await loop.create_server(
-                self._factory(listener.name), sock=self.sockets[listener.name], ssl=context, backlog=1024
+                self._factory(listener.name, edge),
+                sock=self.sockets[listener.name],
+                ssl=store.context if store is not None else None,
+                backlog=1024,
             )
             self.servers.append(server)
         self._schedule_flush()
+        self._schedule_cert_watch()
 
-    def _factory(self, name: str) -> Callable[[], H1Connection]:
+    def _factory(self, name: str, edge: ListenerEdge) -> Callable[[], asyncio.Protocol]:
         def make() -> H1Connection:
             runtime = self.runtime
             assert runtime is not None
             return H1Connection(runtime, runtime.listeners[name])
 
-        return make
+        if not edge.h2 and not needs_edge(edge):
+            return make  # nothing configured beyond HTTP/1.1: zero cost
+
+        def make_h1() -> asyncio.Protocol:
+            runtime = self.runtime
+            assert runtime is not None
+            return EdgeH1Connection(runtime, runtime.listeners[name], edge)
+
+        if not edge.h2:
+            return make_h1
+
+        def make_h2() -> asyncio.Protocol:
+            from portcullis.server.h2 import H2Connection
+
+            runtime = self.runtime
+            assert runtime is not None
+            return H2Connection(runtime, runtime.listeners[name], edge)
+
+        h1 = make_h1 if needs_edge(edge) else make
+        if edge.store is not None:
+            return lambda: AlpnDispatch(h1, make_h2)
+        return lambda: PrefaceDispatch(h1, make_h2)
+
+    def _schedule_cert_watch(self) -> None:
+        """Poll the certificate files; a renewed file serves new handshakes without a restart."""
+        intervals = [
+            lst.tls.watch_interval for lst in self.config.listeners if lst.tls is not None and lst.tls.watch_interval
+        ]
+        if not intervals or self.watchdog is None:
+            return
+        interval = min(intervals)
+
+        def check() -> None:
+            for store in self.stores.values():
+                try:
+                    store.refresh()
+                except Exception:  # the watcher must keep running
+                    log.exception("certificate watch failed")
+            if self.watchdog is not None:
+                self._cert_watch = self.watchdog.loop.call_later(interval, check)
+
+        self._cert_watch = self.watchdog.loop.call_later(interval, check)
 
     def swap(self, config: Config, generation: int) -> None:
         """Provision the new runtime completely, then let new connections use it."""
@@ -121,5 +168,7 @@ class Worker:
                 runtime.access_log.close()
         if self._flusher is not None:
             self._flusher.cancel()
+        if self._cert_watch is not None:
+            self._cert_watch.cancel()
         if self.watchdog is not None:
             self.watchdog.stop()

@@ -1,0 +1,217 @@
+"""Evaluate a compiled rule set against one transaction, phase by phase."""
+
+from __future__ import annotations
+
+from portcullis.features.waf.ruleset import Marker, Rule, RuleSet, _id_ranges
+from portcullis.features.waf.seclang import TargetSpec, parse_targets
+from portcullis.features.waf.transaction import Match, Pairs, Transaction
+
+
+def _transformed(txn: Transaction, rule: Rule, value: str) -> str:
+    if not rule.transforms:
+        return value
+    return _through(txn, rule.pipeline, value)
+
+
+def _through(txn: Transaction, pipeline: int, value: str) -> str:
+    """The value through a pipeline, cached per request; shared prefixes are computed once."""
+    key = (pipeline, value)
+    cache = txn.transform_cache
+    out = cache.get(key)
+    if out is None:
+        ruleset = txn.ruleset
+        assert ruleset is not None
+        parent = ruleset.parents[pipeline]
+        before = value if parent < 0 or not ruleset.pipelines[parent] else _through(txn, parent, value)
+        out = cache[key] = ruleset.pipelines[pipeline][-1](before)
+    return str(out)
+
+
+def _multimatch_values(rule: Rule, value: str) -> list[str]:
+    values = [value]
+    for fn in rule.transforms:
+        nxt = fn(values[-1])
+        if nxt != values[-1]:
+            values.append(nxt)
+    return values
+
+
+class Evaluator:
+    """Runs the phases of a rule set; the set is shared, the transaction is per request."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+
+    def run_phase(self, txn: Transaction, phase: int) -> None:
+        txn.ruleset = self.ruleset
+        if txn.disruptive is not None or txn.allowed or txn.rule_engine == "off":
+            return
+        entries = self.ruleset.phases.get(phase)
+        if not entries:
+            return
+        markers = self.ruleset.markers[phase]
+        i, n = 0, len(entries)
+        while i < n:
+            entry = entries[i]
+            i += 1
+            if isinstance(entry, Marker):
+                continue
+            if (txn.removed_ids or txn.removed_ranges or txn.removed_tags) and txn.rule_removed(
+                entry.id, entry.tags
+            ):
+                continue
+            if not self._rule(txn, entry):
+                continue
+            if entry.disruptive in ("deny", "drop") and txn.rule_engine != "detectiononly":
+                txn.disruptive = self._match_record(txn, entry)
+                return
+            if entry.disruptive == "allow":
+                if entry.allow_scope != "phase":
+                    txn.allowed = True
+                return
+            if entry.skip_after:
+                i = markers.get(entry.skip_after, n)
+            elif entry.skip:
+                i = min(n, i + entry.skip)
+
+    def _match_record(self, txn: Transaction, rule: Rule) -> Match:
+        return Match(rule.id, txn.expand(rule.msg), rule.severity, txn.matched_var_name, txn.matched_var, rule.tags)
+
+    def _rule(self, txn: Transaction, rule: Rule) -> bool:
+        """Whether the rule (with its chain) matched; runs its actions when it did."""
+        txn.matched_vars = []
+        link: Rule | None = rule
+        txn.rule_id, txn.rule_severity = rule.id, rule.severity
+        txn.rule_msg = rule.msg
+        while link is not None:
+            if not self._link(txn, link, rule):
+                return False
+            link = link.chained
+        txn.rule_msg = txn.expand(rule.msg) if rule.msg else ""
+        if rule.msg:
+            txn.matches.append(self._match_record(txn, rule))
+        return True
+
+    def _values(self, txn: Transaction, link: Rule, head: Rule) -> Pairs:
+        exclusions = link.exclusions
+        extra = txn.removed_targets.get(head.id)
+        if txn.removed_targets_by_tag:
+            tagged = [t for tag, t in txn.removed_targets_by_tag if tag in head.tags]
+            if tagged:
+                extra = (extra or []) + tagged
+        if extra:
+            exclusions = exclusions + extra
+        elif link.target_key is not None:
+            cached = txn.values_cache.get(link.target_key)
+            if cached is None:
+                cached = txn.values_cache[link.target_key] = self._collect(txn, link, exclusions)
+            return cached
+        return self._collect(txn, link, exclusions)
+
+    def _collect(self, txn: Transaction, link: Rule, exclusions: list[TargetSpec]) -> Pairs:
+        out: Pairs = []
+        for spec in link.targets:
+            if spec.count:
+                plain = TargetSpec(spec.collection, spec.key, spec.key_regex)
+                out.append((spec.collection, str(len(txn.select(plain, exclusions)))))
+            else:
+                out.extend(txn.select(spec, exclusions))
+        return out
+
+    def _link(self, txn: Transaction, link: Rule, head: Rule) -> bool:
+        if link.is_action:
+            self._actions(txn, link)
+            return True
+        op, negated, expand = link.operator, link.negated, txn.expand
+        prefilter = self.ruleset.prefilters.get(link.pipeline) if link.prefilter >= 0 and not negated else None
+        values = self._values(txn, link, head)
+        if (
+            prefilter is not None
+            and link.target_key is not None
+            and head.id not in txn.removed_targets
+            and link.prefilter not in self._union(txn, link, values, prefilter)
+        ):
+            return False  # one scan of every value per (targets, pipeline) rules most rules out
+        matched = False
+        for name, raw in values:
+            candidates = _multimatch_values(link, raw) if link.multimatch else [_transformed(txn, link, raw)]
+            for value in candidates:
+                if prefilter is not None and link.prefilter not in _hits(txn, link, value, prefilter):
+                    continue
+                caps = op(value, expand)
+                if (caps is not None) == negated:
+                    continue
+                matched = True
+                txn.matched_var, txn.matched_var_name = value, name
+                txn.matched_vars.append((name, value))
+                if link.capture and caps:
+                    for index, cap in enumerate(caps[:10]):
+                        txn.tx[str(index)] = cap
+                # as in ModSecurity, non-disruptive actions run for every matched variable, as
+                # it matches (a chained rule may read what its head's setvar wrote)
+                self._actions(txn, link)
+                break
+        return matched
+
+    def _union(self, txn: Transaction, link: Rule, values: Pairs, db: object) -> set[int]:
+        key = (link.target_key, link.pipeline)
+        found = txn.prefilter_union.get(key)
+        if found is None:
+            found = set()
+            for _, raw in values:
+                found |= _hits(txn, link, _transformed(txn, link, raw), db)
+            txn.prefilter_union[key] = found
+        return found
+
+    def _actions(self, txn: Transaction, link: Rule) -> None:
+        for expr in link.setvars:
+            txn.set_var(expr)
+        for ctl in link.ctls:
+            self._ctl(txn, ctl)
+
+    def _ctl(self, txn: Transaction, ctl: str) -> None:
+        name, _, value = ctl.partition("=")
+        name = name.strip().lower()
+        value = txn.expand(value.strip())
+        if name == "ruleremovebyid":
+            for lo, hi in _id_ranges(value):
+                if lo == hi:
+                    txn.removed_ids.add(lo)
+                else:
+                    txn.removed_ranges.append((lo, hi))
+        elif name == "ruleremovebytag":
+            txn.removed_tags.append(value)
+        elif name in ("ruleremovetargetbyid", "ruleremovetargetbytag"):
+            selector, _, target = value.partition(";")
+            specs = parse_targets(target) if target else []
+            if name == "ruleremovetargetbyid":
+                for lo, hi in _id_ranges(selector):
+                    for rid in range(lo, hi + 1) if hi - lo < 10000 else ():
+                        txn.removed_targets.setdefault(rid, []).extend(specs)
+            else:
+                txn.removed_targets_by_tag.extend((selector, s) for s in specs)
+        elif name == "ruleengine":
+            txn.rule_engine = value.lower()
+        elif name == "requestbodyprocessor":
+            txn.body_processor = value.upper()
+
+
+def _hits(txn: Transaction, link: Rule, value: str, db: object) -> set[int]:
+    key = (-1 - link.pipeline, value)
+    cache = txn.transform_cache
+    found: set[int] | None = cache.get(key)
+    if found is None:
+        found = scan(db, value)
+        cache[key] = found
+    return found
+
+
+def scan(db: object, value: str) -> set[int]:
+    hits: set[int] = set()
+
+    def on_match(pattern_id: int, start: int, end: int, flags: int, context: object) -> bool | None:
+        hits.add(pattern_id)
+        return None
+
+    db.scan(value.encode("latin-1", "replace"), match_event_handler=on_match)  # type: ignore[attr-defined]
+    return hits

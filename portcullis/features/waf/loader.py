@@ -1,0 +1,158 @@
+"""Assemble the rule sources of a WAF config (CRS setup, CRS rules, user rules, exclusions)
+into one compiled `Waf`, and evaluate requests against it."""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+
+from portcullis.features.waf.engine import Evaluator
+from portcullis.features.waf.prefilter import build_prefilters
+from portcullis.features.waf.ruleset import RuleSet, compile_ruleset
+from portcullis.features.waf.transaction import HttpRequest, Match, Transaction
+
+_SETUP_CANDIDATES = ("crs-setup.conf.example", "crs-setup.conf")
+_SYSTEM_SETUP = ("/etc/modsecurity/crs/crs-setup.conf",)
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    rule_id: int | None = None
+    tag: str | None = None
+    target: str | None = None
+
+
+@dataclass(frozen=True)
+class WafSettings:
+    crs: str | None = None
+    paranoia: int = 1
+    executing_paranoia: int | None = None
+    inbound_threshold: int = 5
+    outbound_threshold: int = 4
+    rules: tuple[str, ...] = ()
+    rule_files: tuple[str, ...] = ()
+    exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
+        return f.read()
+
+
+def crs_setup_path(crs: str) -> str | None:
+    for name in _SETUP_CANDIDATES:
+        for candidate in (os.path.join(crs, name), os.path.join(os.path.dirname(crs.rstrip("/")), name)):
+            if os.path.isfile(candidate):
+                return candidate
+    for candidate in _SYSTEM_SETUP:
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def crs_rule_files(crs: str) -> list[str]:
+    rules_dir = os.path.join(crs, "rules") if os.path.isdir(os.path.join(crs, "rules")) else crs
+    return sorted(glob.glob(os.path.join(rules_dir, "*.conf")))
+
+
+def settings_rules(s: WafSettings) -> str:
+    """The config's own knobs, as the SecActions a CRS user would write in crs-setup.conf."""
+    executing = s.executing_paranoia or s.paranoia
+    return (
+        'SecDefaultAction "phase:1,log,auditlog,pass"\n'
+        'SecDefaultAction "phase:2,log,auditlog,pass"\n'
+        'SecAction "id:9009000,phase:1,nolog,pass,t:none,'
+        f"setvar:tx.paranoia_level={s.paranoia},"
+        f"setvar:tx.executing_paranoia_level={executing},"
+        f"setvar:tx.inbound_anomaly_score_threshold={s.inbound_threshold},"
+        f"setvar:tx.outbound_anomaly_score_threshold={s.outbound_threshold},"
+        'setvar:tx.crs_setup_version=334"\n'
+    )
+
+
+def exclusion_rules(exclusions: tuple[Exclusion, ...]) -> str:
+    lines: list[str] = []
+    for ex in exclusions:
+        if ex.target:
+            target = '"!' + ex.target.replace('"', '\\"') + '"'
+            if ex.rule_id is not None:
+                lines.append(f"SecRuleUpdateTargetById {ex.rule_id} {target}")
+            if ex.tag:
+                lines.append(f'SecRuleUpdateTargetByTag "{ex.tag}" {target}')
+        else:
+            if ex.rule_id is not None:
+                lines.append(f"SecRuleRemoveById {ex.rule_id}")
+            if ex.tag:
+                lines.append(f'SecRuleRemoveByTag "{ex.tag}"')
+    return "\n".join(lines) + "\n"
+
+
+def load_sources(s: WafSettings) -> list[tuple[str, str]]:
+    sources: list[tuple[str, str]] = []
+    if s.crs:
+        setup = crs_setup_path(s.crs)
+        if setup:
+            sources.append((setup, _read(setup)))
+        sources.append(("<waf-settings>", settings_rules(s)))
+        for path in crs_rule_files(s.crs):
+            sources.append((path, _read(path)))
+    else:
+        sources.append(("<waf-settings>", settings_rules(s)))
+    for path in s.rule_files:
+        sources.append((path, _read(path)))
+    for index, text in enumerate(s.rules):
+        sources.append((f"<rules[{index}]>", text))
+    if s.exclusions:
+        sources.append(("<exclusions>", exclusion_rules(s.exclusions)))
+    return sources
+
+
+class Waf:
+    """A compiled WAF: immutable, shared by every request of the routes that use it."""
+
+    def __init__(self, ruleset: RuleSet) -> None:
+        self.ruleset = ruleset
+        self.evaluator = Evaluator(ruleset)
+        self.request_phases = tuple(p for p in (1, 2) if ruleset.phase_used(p))
+
+    @classmethod
+    def from_settings(cls, settings: WafSettings) -> Waf:
+        ruleset = compile_ruleset(load_sources(settings))
+        build_prefilters(ruleset)
+        return cls(ruleset)
+
+    @classmethod
+    def from_text(cls, text: str) -> Waf:
+        ruleset = compile_ruleset([("<inline>", text)])
+        build_prefilters(ruleset)
+        return cls(ruleset)
+
+    def begin(self, request: HttpRequest) -> Transaction:
+        return Transaction(request)
+
+    def phase(self, txn: Transaction, phase: int) -> None:
+        self.evaluator.run_phase(txn, phase)
+
+    def evaluate(self, request: HttpRequest) -> Transaction:
+        """Phases 1 and 2 over a complete request (the body included)."""
+        txn = Transaction(request)
+        self.evaluator.run_phase(txn, 1)
+        txn.load_body(request.body)
+        self.evaluator.run_phase(txn, 2)
+        return txn
+
+
+def describe(txn: Transaction) -> str:
+    """`blocked by 942100 (SQL Injection ...), score 5`: the first scoring rule names the block."""
+    score = txn.tx.get("anomaly_score") or txn.tx.get("blocking_inbound_anomaly_score") or "0"
+    culprit: Match | None = None
+    for m in txn.matches:
+        if m.rule_id and not (949000 <= m.rule_id < 950000 or 959000 <= m.rule_id < 960000 or m.rule_id >= 980000):
+            culprit = m
+            break
+    if culprit is None:
+        culprit = txn.disruptive
+    if culprit is None:
+        return f"score {score}"
+    return f"{culprit.rule_id} ({culprit.msg}), score {score}"

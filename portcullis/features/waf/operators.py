@@ -1,0 +1,412 @@
+"""SecLang operators (`@rx`, `@pm`, ...), compiled once per rule.
+
+An operator is called with the transformed value and a macro expander; it returns None for
+no match, or the list of captures (`TX.0`, `TX.1` ...; possibly empty) for a match.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Callable
+from typing import Any
+
+import libinjection  # type: ignore[import-not-found]
+import regex as _regex  # type: ignore[import-untyped]
+
+try:
+    import ahocorasick  # type: ignore[import-not-found]
+
+    HAVE_AHOCORASICK = True
+except ImportError:  # pragma: no cover - optional accelerator
+    HAVE_AHOCORASICK = False
+
+Captures = list[str] | None
+Expander = Callable[[str], str]
+MACRO = re.compile(r"%\{([^}]+)\}")
+
+
+class OperatorError(ValueError):
+    pass
+
+
+class Operator:
+    name = ""
+    literal: str | None = None  # for the prefilter: a pattern the value must contain to match
+    pattern: str | None = None  # for the prefilter: the regex source
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        raise NotImplementedError
+
+
+def compile_regex(pattern: str) -> Any:
+    """ModSecurity compiles with DOTALL; Python's `re` first, the PCRE-closer `regex` as a fallback."""
+    try:
+        return re.compile(pattern, re.S)
+    except (re.error, OverflowError, RecursionError):
+        pass
+    try:
+        return _regex.compile(pattern.replace("\\z", "\\Z"), _regex.S | _regex.V0)
+    except Exception as exc:  # regex raises its own error type
+        raise OperatorError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+class Rx(Operator):
+    name = "rx"
+
+    def __init__(self, arg: str) -> None:
+        self.pattern = arg
+        self.regex = compile_regex(arg)
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        m = self.regex.search(value)
+        if m is None:
+            return None
+        return [m.group(0), *(g or "" for g in m.groups()[:9])]
+
+
+class MacroRx(Operator):
+    name = "rx"
+
+    def __init__(self, arg: str) -> None:
+        self.arg = arg
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        m = compile_regex(expand(self.arg)).search(value)
+        if m is None:
+            return None
+        return [m.group(0), *(g or "" for g in m.groups()[:9])]
+
+
+class Pm(Operator):
+    """Case-insensitive match of any of a set of phrases (Aho-Corasick for large sets)."""
+
+    name = "pm"
+
+    def __init__(self, phrases: list[str]) -> None:
+        self.phrases = sorted({p.lower() for p in phrases if p})
+        self.automaton: Any = None
+        if HAVE_AHOCORASICK and len(self.phrases) > 8:
+            automaton = ahocorasick.Automaton()
+            for phrase in self.phrases:
+                automaton.add_word(phrase, phrase)
+            automaton.make_automaton()
+            self.automaton = automaton
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        low = value.lower()
+        if self.automaton is not None:
+            for _, phrase in self.automaton.iter(low):
+                return [str(phrase)]
+            return None
+        for phrase in self.phrases:
+            if phrase in low:
+                return [phrase]
+        return None
+
+
+def _pm_words(arg: str) -> list[str]:
+    # phrases are space separated; a quoted phrase may hold spaces
+    return [a or b for a, b in re.findall(r"\"([^\"]*)\"|(\S+)", arg)]
+
+
+def _read_lines(path: str) -> list[str]:
+    with open(path, encoding="latin-1") as f:
+        return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+class _Str(Operator):
+    def __init__(self, arg: str) -> None:
+        self.arg = arg
+        self.has_macro = "%{" in arg
+
+    def param(self, expand: Expander) -> str:
+        return expand(self.arg) if self.has_macro else self.arg
+
+
+class Contains(_Str):
+    name = "contains"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        p = self.param(expand)
+        return [p] if p in value else None
+
+
+class ContainsWord(_Str):
+    name = "containsword"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        p = self.param(expand)
+        if not p:
+            return [p]
+        return [p] if re.search(r"(?<![A-Za-z0-9_])" + re.escape(p) + r"(?![A-Za-z0-9_])", value) else None
+
+
+class BeginsWith(_Str):
+    name = "beginswith"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        p = self.param(expand)
+        return [p] if value.startswith(p) else None
+
+
+class EndsWith(_Str):
+    name = "endswith"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        p = self.param(expand)
+        return [p] if value.endswith(p) else None
+
+
+class StrEq(_Str):
+    name = "streq"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        p = self.param(expand)
+        return [p] if value == p else None
+
+
+class Within(_Str):
+    name = "within"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        p = self.param(expand)
+        return [value] if value and value in p else None
+
+
+class StrMatch(_Str):
+    name = "strmatch"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        p = self.param(expand)
+        return [p] if p in value else None
+
+
+def _to_int(text: str) -> int:
+    m = re.match(r"\s*([-+]?\d+)", text)
+    return int(m.group(1)) if m else 0
+
+
+class _Num(_Str):
+    test: Callable[[int, int], bool] = staticmethod(lambda a, b: False)
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        return [value] if type(self).test(_to_int(value), _to_int(self.param(expand))) else None
+
+
+class Eq(_Num):
+    name = "eq"
+    test = staticmethod(lambda a, b: a == b)
+
+
+class Ge(_Num):
+    name = "ge"
+    test = staticmethod(lambda a, b: a >= b)
+
+
+class Gt(_Num):
+    name = "gt"
+    test = staticmethod(lambda a, b: a > b)
+
+
+class Le(_Num):
+    name = "le"
+    test = staticmethod(lambda a, b: a <= b)
+
+
+class Lt(_Num):
+    name = "lt"
+    test = staticmethod(lambda a, b: a < b)
+
+
+class IpMatch(Operator):
+    name = "ipmatch"
+
+    def __init__(self, entries: list[str]) -> None:
+        nets = []
+        for entry in entries:
+            entry = entry.strip()
+            if entry:
+                try:
+                    nets.append(ipaddress.ip_network(entry, strict=False))
+                except ValueError as exc:
+                    raise OperatorError(f"@ipMatch: {entry!r} is not an address or network") from exc
+        self.networks = nets
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        try:
+            ip = ipaddress.ip_address(value.strip())
+        except ValueError:
+            return None
+        for net in self.networks:
+            if ip.version == net.version and ip in net:
+                return [value]
+        return None
+
+
+class ValidateByteRange(Operator):
+    """Matches when a byte is outside the allowed ranges (`10, 13, 32-126`)."""
+
+    name = "validatebyterange"
+
+    def __init__(self, arg: str) -> None:
+        allowed: set[int] = set()
+        for part in arg.replace(" ", "").split(","):
+            if not part:
+                continue
+            lo, _, hi = part.partition("-")
+            try:
+                a = int(lo)
+                b = int(hi) if hi else a
+            except ValueError as exc:
+                raise OperatorError(f"@validateByteRange: bad range {part!r}") from exc
+            if not (0 <= a <= b <= 255):
+                raise OperatorError(f"@validateByteRange: bad range {part!r}")
+            allowed.update(range(a, b + 1))
+        bad = "".join(chr(c) for c in range(256) if c not in allowed)
+        self.bad = re.compile("[" + re.escape(bad) + "]") if bad else None
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        if self.bad is None:
+            return None
+        m = self.bad.search(value)
+        return [m.group(0)] if m else None
+
+
+_HEXDIGITS = set("0123456789abcdefABCDEF")
+
+
+class ValidateUrlEncoding(Operator):
+    name = "validateurlencoding"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        i = value.find("%")
+        while i >= 0:
+            pair = value[i + 1 : i + 3]
+            if len(pair) < 2 or pair[0] not in _HEXDIGITS or pair[1] not in _HEXDIGITS:
+                return [value]
+            i = value.find("%", i + 3)
+        return None
+
+
+class ValidateUtf8Encoding(Operator):
+    name = "validateutf8encoding"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        if value.isascii():
+            return None
+        try:
+            value.encode("latin-1").decode("utf-8")
+        except (UnicodeDecodeError, UnicodeEncodeError):
+            return [value]
+        return None
+
+
+class DetectSQLi(Operator):
+    name = "detectsqli"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        if not value:
+            return None
+        result = libinjection.is_sql_injection(value)
+        if result.get("is_sqli"):
+            return [str(result.get("fingerprint", ""))]
+        return None
+
+
+class DetectXSS(Operator):
+    name = "detectxss"
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        if not value:
+            return None
+        return [value] if libinjection.is_xss(value).get("is_xss") else None
+
+
+class Constant(Operator):
+    def __init__(self, name: str, result: bool) -> None:
+        self.name = name
+        self.result = result
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        return [] if self.result else None
+
+
+class VerifyCC(Operator):
+    name = "verifycc"
+
+    def __init__(self, arg: str) -> None:
+        self.regex = compile_regex(arg)
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        for m in self.regex.finditer(value):
+            digits = [int(c) for c in m.group(0) if c.isdigit()]
+            if len(digits) < 13:
+                continue
+            total = 0
+            for i, d in enumerate(reversed(digits)):
+                if i % 2:
+                    d *= 2
+                    if d > 9:
+                        d -= 9
+                total += d
+            if total % 10 == 0:
+                return [m.group(0)]
+        return None
+
+
+_STRING_OPS: dict[str, type[_Str]] = {
+    "contains": Contains,
+    "containsword": ContainsWord,
+    "beginswith": BeginsWith,
+    "endswith": EndsWith,
+    "streq": StrEq,
+    "within": Within,
+    "strmatch": StrMatch,
+    "eq": Eq,
+    "ge": Ge,
+    "gt": Gt,
+    "le": Le,
+    "lt": Lt,
+}
+
+
+def _data_file(name: str, base_dir: str) -> str:
+    return name if os.path.isabs(name) else os.path.join(base_dir, name)
+
+
+def compile_operator(name: str, arg: str, base_dir: str = ".") -> Operator:
+    """Build the operator `@name arg`; files are looked up beside the rule file."""
+    if name == "rx":
+        return MacroRx(arg) if MACRO.search(arg) else Rx(arg)
+    if name in _STRING_OPS:
+        return _STRING_OPS[name](arg)
+    if name == "pm":
+        return Pm(_pm_words(arg))
+    if name in ("pmfromfile", "pmf"):
+        phrases: list[str] = []
+        for file in arg.split():
+            phrases.extend(_read_lines(_data_file(file, base_dir)))
+        return Pm(phrases)
+    if name == "ipmatch":
+        return IpMatch(arg.split(","))
+    if name in ("ipmatchfromfile", "ipmatchf"):
+        return IpMatch(_read_lines(_data_file(arg.strip(), base_dir)))
+    if name == "validatebyterange":
+        return ValidateByteRange(arg)
+    if name == "validateurlencoding":
+        return ValidateUrlEncoding()
+    if name == "validateutf8encoding":
+        return ValidateUtf8Encoding()
+    if name == "detectsqli":
+        return DetectSQLi()
+    if name == "detectxss":
+        return DetectXSS()
+    if name == "verifycc":
+        return VerifyCC(arg)
+    if name in ("unconditionalmatch", "geolookup"):
+        return Constant(name, True)
+    if name in ("nomatch", "rbl", "validateschema", "validatedtd", "inspectfile", "fuzzyhash", "gsblookup"):
+        return Constant(name, False)
+    raise OperatorError(f"unknown operator @{name}")

@@ -1,0 +1,326 @@
+"""Compile SecLang directives into an immutable rule set: rules per phase, markers resolved,
+removals and target updates applied, operators and transformations compiled once."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+
+from portcullis.features.waf import transforms as T
+from portcullis.features.waf.operators import Operator, OperatorError, compile_operator
+from portcullis.features.waf.seclang import (
+    Directive,
+    RuleSpec,
+    SecLangError,
+    TargetSpec,
+    parse_actions,
+    parse_directives,
+    parse_targets,
+    rule_from_directive,
+)
+
+SEVERITIES = {
+    "0": "EMERGENCY",
+    "1": "ALERT",
+    "2": "CRITICAL",
+    "3": "ERROR",
+    "4": "WARNING",
+    "5": "NOTICE",
+    "6": "INFO",
+    "7": "DEBUG",
+}
+_DISRUPTIVE = ("deny", "block", "pass", "allow", "drop", "redirect", "proxy")
+_PHASES = {"request": 2, "response": 4, "logging": 5}
+
+
+@dataclass(slots=True, eq=False)
+class Rule:
+    id: int
+    phase: int
+    targets: list[TargetSpec]
+    exclusions: list[TargetSpec]
+    operator: Operator
+    negated: bool
+    transforms: tuple[T.Transform, ...]
+    pipeline: int
+    multimatch: bool
+    capture: bool
+    msg: str
+    logdata: str
+    severity: str
+    tags: list[str]
+    disruptive: str
+    status: int
+    setvars: list[str]
+    ctls: list[str]
+    skip: int
+    skip_after: str
+    is_action: bool
+    paranoia: int
+    source: str
+    line: int
+    allow_scope: str = ""
+    chained: Rule | None = None
+    prefilter: int = -1  # index in the pipeline's prefilter database, -1: none
+    target_key: int | None = None  # names targets + exclusions, when their values are static
+
+
+# variables whose values change while rules run: never cached per request
+DYNAMIC = frozenset(
+    {"TX", "MATCHED_VAR", "MATCHED_VARS", "MATCHED_VAR_NAME", "MATCHED_VARS_NAMES", "IP", "GLOBAL", "SESSION",
+     "USER", "DURATION", "RULE"}
+)
+
+
+@dataclass(slots=True)
+class Marker:
+    name: str
+
+
+Entry = Rule | Marker
+
+
+@dataclass
+class RuleSet:
+    phases: dict[int, list[Entry]]
+    markers: dict[int, dict[str, int]]
+    rules_by_id: dict[int, Rule]
+    pipelines: list[tuple[T.Transform, ...]]
+    parents: list[int]
+    prefilters: dict[int, object] = field(default_factory=dict)
+
+    def phase_used(self, phase: int) -> bool:
+        return any(isinstance(e, Rule) for e in self.phases.get(phase, ()))
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.specs: list[RuleSpec | str] = []  # a str is a marker
+        self.defaults: dict[int, list[tuple[str, str]]] = {}
+        self.pending_chain: RuleSpec | None = None
+        self.errors: list[str] = []
+
+    def add(self, directives: list[Directive]) -> None:
+        for d in directives:
+            try:
+                self._directive(d)
+            except (SecLangError, OperatorError, ValueError) as exc:
+                self.errors.append(f"{d.source}:{d.line}: {exc}")
+
+    def _directive(self, d: Directive) -> None:
+        name = d.name.lower()
+        if name in ("secrule", "secaction"):
+            spec = rule_from_directive(d)
+            if self.pending_chain is not None:
+                tail = self.pending_chain
+                while tail.chained is not None:
+                    tail = tail.chained
+                tail.chained = spec
+                if not any(k == "chain" for k, _ in spec.actions):
+                    self.pending_chain = None
+                return
+            if any(k == "chain" for k, _ in spec.actions):
+                self.pending_chain = spec
+            self.specs.append(spec)
+        elif name == "secmarker":
+            self.specs.append(d.args[0] if d.args else "")
+        elif name == "secdefaultaction":
+            actions = parse_actions(d.args[0], d.source, d.line)
+            phase = _phase(dict(actions).get("phase", "2"))
+            self.defaults[phase] = actions
+        elif name == "secruleremovebyid":
+            ranges = _id_ranges(" ".join(d.args))
+            self.specs = [s for s in self.specs if isinstance(s, str) or not _in_ranges(s.id, ranges)]
+        elif name == "secruleremovebytag":
+            pattern = re.compile(d.args[0])
+            self.specs = [
+                s for s in self.specs if isinstance(s, str) or not any(pattern.search(t) for t in s.tags)
+            ]
+        elif name == "secruleremovebymsg":
+            pattern = re.compile(d.args[0])
+            self.specs = [s for s in self.specs if isinstance(s, str) or not pattern.search(s.action("msg") or "")]
+        elif name in ("secruleupdatetargetbyid", "secruleupdatetargetbytag", "secruleupdatetargetbymsg"):
+            if len(d.args) < 2:
+                raise SecLangError(f"{d.name} takes a selector and targets", d.source, d.line)
+            targets = parse_targets(d.args[1], d.source, d.line)
+            for spec in self._select(name, d.args[0]):
+                for t in targets:
+                    if t.negated:
+                        spec.extra_exclusions.append(
+                            TargetSpec(t.collection, t.key, t.key_regex, t.count, False)
+                        )
+                    else:
+                        spec.targets.append(t)
+        elif name == "secruleupdateactionbyid":
+            actions = parse_actions(d.args[1], d.source, d.line)
+            for spec in self._select("secruleupdateactionbyid", d.args[0]):
+                names = {k for k, _ in actions}
+                if names & set(_DISRUPTIVE):
+                    spec.actions = [(k, v) for k, v in spec.actions if k not in _DISRUPTIVE]
+                single = names & {"msg", "logdata", "severity", "status", "phase"}
+                spec.actions = [(k, v) for k, v in spec.actions if k not in single] + actions
+        # SecRuleEngine, SecRequestBodyAccess, SecComponentSignature ... carry no rule semantics here
+
+    def _select(self, how: str, selector: str) -> list[RuleSpec]:
+        rules = [s for s in self.specs if not isinstance(s, str)]
+        if how.endswith("byid"):
+            ranges = _id_ranges(selector)
+            return [s for s in rules if _in_ranges(s.id, ranges)]
+        pattern = re.compile(selector)
+        if how.endswith("bytag"):
+            return [s for s in rules if any(pattern.search(t) for t in s.tags)]
+        return [s for s in rules if pattern.search(s.action("msg") or "")]
+
+
+def _phase(value: str) -> int:
+    value = value.strip().lower()
+    if value in _PHASES:
+        return _PHASES[value]
+    if not value.isdigit() or not 1 <= int(value) <= 5:
+        raise ValueError(f"bad phase {value!r}")
+    return int(value)
+
+
+def _id_ranges(text: str) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for part in re.split(r"[\s,]+", text.strip().strip('"')):
+        if not part:
+            continue
+        lo, _, hi = part.partition("-")
+        out.append((int(lo), int(hi or lo)))
+    return out
+
+
+def _in_ranges(rule_id: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(lo <= rule_id <= hi for lo, hi in ranges)
+
+
+class _Compiler:
+    def __init__(self, builder: _Builder, base_dirs: dict[str, str]) -> None:
+        self.builder = builder
+        self.base_dirs = base_dirs
+        self.pipelines: dict[tuple[str, ...], int] = {}
+        self.pipeline_funcs: list[tuple[T.Transform, ...]] = []
+        self.parents: list[int] = []
+        self.target_keys: dict[tuple[tuple[TargetSpec, ...], tuple[TargetSpec, ...]], int] = {}
+
+    def pipeline(self, names: list[str]) -> tuple[int, tuple[T.Transform, ...]]:
+        """Pipelines are numbered with every prefix first, so `parents[p]` is p minus its last step."""
+        key = tuple(names)
+        if key not in self.pipelines:
+            parent = self.pipeline(names[:-1])[0] if names else -1
+            self.pipelines[key] = len(self.pipeline_funcs)
+            self.pipeline_funcs.append(tuple(T.lookup(n) for n in names))
+            self.parents.append(parent)
+        index = self.pipelines[key]
+        return index, self.pipeline_funcs[index]
+
+    def rule(self, spec: RuleSpec, head: Rule | None) -> Rule:
+        actions = list(spec.actions)
+        phase = head.phase if head is not None else 2
+        if head is None:
+            for k, v in actions:
+                if k == "phase":
+                    phase = _phase(v)
+            defaults = self.builder.defaults.get(phase, [])
+            actions = [(k, v) for k, v in defaults if k not in ("phase", "id")] + actions
+        names: list[str] = []
+        disruptive, status, allow_scope = "", 403, ""
+        setvars: list[str] = []
+        ctls: list[str] = []
+        tags: list[str] = []
+        msg = logdata = severity = skip_after = ""
+        skip = 0
+        capture = multimatch = False
+        paranoia = 1
+        for k, v in actions:
+            if k == "t":
+                if v.lower() == "none":
+                    names = []
+                else:
+                    names.append(v.lower())
+            elif k in _DISRUPTIVE:
+                disruptive = k
+                if k == "allow":
+                    allow_scope = v.lower()
+            elif k == "status":
+                status = int(v)
+            elif k == "setvar":
+                setvars.append(v)
+            elif k == "ctl":
+                ctls.append(v)
+            elif k == "tag":
+                tags.append(v)
+                if v.startswith("paranoia-level/") and v[15:].isdigit():
+                    paranoia = int(v[15:])
+            elif k == "msg":
+                msg = v
+            elif k == "logdata":
+                logdata = v
+            elif k == "severity":
+                severity = SEVERITIES.get(v, v.upper())
+            elif k == "skip":
+                skip = int(v)
+            elif k == "skipafter":
+                skip_after = v
+            elif k == "capture":
+                capture = True
+            elif k == "multimatch":
+                multimatch = True
+        if disruptive == "block":
+            # `block` is whatever the phase's SecDefaultAction says (the CRS: pass, and score)
+            fallback = [k for k, _ in self.builder.defaults.get(phase, []) if k in _DISRUPTIVE and k != "block"]
+            disruptive = fallback[-1] if fallback else "pass"
+        pipeline, funcs = self.pipeline(names)
+        base = self.base_dirs.get(spec.source, ".")
+        operator = compile_operator(spec.operator, spec.operator_arg, base)
+        rule_id = spec.id if head is None else head.id
+        targets = [t for t in spec.targets if not t.negated]
+        exclusions = [TargetSpec(t.collection, t.key, t.key_regex, t.count, False) for t in spec.targets if t.negated]
+        exclusions += spec.extra_exclusions
+        rule = Rule(
+            rule_id, phase, targets, exclusions, operator, spec.operator_negated, funcs, pipeline, multimatch,
+            capture, msg, logdata, severity, tags, disruptive, status, setvars, ctls, skip, skip_after,
+            spec.is_action, paranoia, spec.source, spec.line, allow_scope,
+        )
+        if not any(t.collection in DYNAMIC or t.collection.startswith("TIME") for t in targets):
+            key = (tuple(targets), tuple(exclusions))
+            rule.target_key = self.target_keys.setdefault(key, len(self.target_keys))
+        if spec.chained is not None:
+            rule.chained = self.rule(spec.chained, rule)
+        return rule
+
+
+def compile_ruleset(sources: list[tuple[str, str]]) -> RuleSet:
+    """Compile `(source name, text)` pairs in order; raise SecLangError listing every error."""
+    builder = _Builder()
+    base_dirs: dict[str, str] = {}
+    for name, text in sources:
+        base_dirs[name] = os.path.dirname(name) or "."
+        try:
+            builder.add(parse_directives(text, name))
+        except SecLangError as exc:
+            builder.errors.append(str(exc))
+    compiler = _Compiler(builder, base_dirs)
+    phases: dict[int, list[Entry]] = {p: [] for p in range(1, 6)}
+    rules_by_id: dict[int, Rule] = {}
+    for spec in builder.specs:
+        if isinstance(spec, str):
+            for entries in phases.values():
+                entries.append(Marker(spec))
+            continue
+        try:
+            rule = compiler.rule(spec, None)
+        except (OperatorError, KeyError, ValueError) as exc:
+            builder.errors.append(f"{spec.source}:{spec.line}: {exc}")
+            continue
+        phases[rule.phase].append(rule)
+        if rule.id:
+            rules_by_id[rule.id] = rule
+    if builder.errors:
+        raise SecLangError("; ".join(builder.errors[:20]))
+    markers = {
+        p: {e.name: i for i, e in enumerate(entries) if isinstance(e, Marker)} for p, entries in phases.items()
+    }
+    return RuleSet(phases, markers, rules_by_id, compiler.pipeline_funcs, compiler.parents)

@@ -1,0 +1,435 @@
+"""SecLang transformations (`t:name`), as documented in the ModSecurity reference manual.
+
+Values are `str` holding one code point per byte (latin-1), as ModSecurity works on bytes.
+Every function is pure: `str -> str`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import re
+from collections.abc import Callable
+
+Transform = Callable[[str], str]
+
+_HEX = "0123456789abcdefABCDEF"
+
+
+def _is_hex(c: str) -> bool:
+    return c != "" and c in _HEX
+
+
+def lowercase(v: str) -> str:
+    return v.lower() if v.isascii() else "".join(c.lower() if c < "\x80" else c for c in v)
+
+
+def uppercase(v: str) -> str:
+    return v.upper() if v.isascii() else "".join(c.upper() if c < "\x80" else c for c in v)
+
+
+def url_decode(v: str) -> str:
+    """%XX and `+` decoding; invalid encodings are left as they are."""
+    if "%" not in v and "+" not in v:
+        return v
+    out: list[str] = []
+    i, n = 0, len(v)
+    while i < n:
+        c = v[i]
+        if c == "%" and i + 2 < n + 0 and _is_hex(v[i + 1 : i + 2]) and _is_hex(v[i + 2 : i + 3]):
+            out.append(chr(int(v[i + 1 : i + 3], 16)))
+            i += 3
+            continue
+        out.append(" " if c == "+" else c)
+        i += 1
+    return "".join(out)
+
+
+def url_decode_uni(v: str) -> str:
+    """Like urlDecode, plus the IIS `%uXXXX` form (the low byte is kept, full-width ASCII mapped)."""
+    if "%" not in v and "+" not in v:
+        return v
+    out: list[str] = []
+    i, n = 0, len(v)
+    while i < n:
+        c = v[i]
+        if c == "%":
+            if (
+                i + 5 < n
+                and v[i + 1] in "uU"
+                and all(_is_hex(x) for x in v[i + 2 : i + 6])
+            ):
+                code = int(v[i + 2 : i + 6], 16)
+                if 0xFF01 <= code <= 0xFF5E:
+                    out.append(chr(code - 0xFEE0))
+                else:
+                    out.append(chr(code & 0xFF))
+                i += 6
+                continue
+            if i + 2 < n and _is_hex(v[i + 1]) and _is_hex(v[i + 2]):
+                out.append(chr(int(v[i + 1 : i + 3], 16)))
+                i += 3
+                continue
+        out.append(" " if c == "+" else c)
+        i += 1
+    return "".join(out)
+
+
+_ENTITY = re.compile(r"&(?:#[xX]([0-9a-fA-F]+);?|#([0-9]+);?|([a-zA-Z][a-zA-Z0-9]*);)")
+_NAMED = {"quot": '"', "amp": "&", "lt": "<", "gt": ">", "nbsp": "\xa0"}
+
+
+def _entity(m: re.Match[str]) -> str:
+    hexa, dec, name = m.group(1), m.group(2), m.group(3)
+    if hexa is not None:
+        return chr(int(hexa[:6], 16) & 0xFF)
+    if dec is not None:
+        return chr(int(dec[:7]) & 0xFF)
+    low = name.lower()
+    if low in _NAMED:
+        return _NAMED[low]
+    return m.group(0)
+
+
+def html_entity_decode(v: str) -> str:
+    """`&#xHH;`, `&#DDD;` (semicolon optional), `&quot; &amp; &lt; &gt; &nbsp;`."""
+    if "&" not in v:
+        return v
+    return _ENTITY.sub(_entity, v)
+
+
+_JS_SIMPLE = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
+
+
+def js_decode(v: str) -> str:
+    """`\\uHHHH` (full-width ASCII mapped, else low byte), `\\xHH`, octal `\\OOO`, `\\n` etc."""
+    if "\\" not in v:
+        return v
+    out: list[str] = []
+    i, n = 0, len(v)
+    while i < n:
+        c = v[i]
+        if c == "\\" and i + 1 < n:
+            d = v[i + 1]
+            if d == "u" and i + 5 < n and all(_is_hex(x) for x in v[i + 2 : i + 6]):
+                code = int(v[i + 2 : i + 6], 16)
+                out.append(chr(code - 0xFEE0) if 0xFF01 <= code <= 0xFF5E else chr(code & 0xFF))
+                i += 6
+                continue
+            if d == "x" and i + 3 < n + 0 and _is_hex(v[i + 2 : i + 3]) and _is_hex(v[i + 3 : i + 4]):
+                out.append(chr(int(v[i + 2 : i + 4], 16)))
+                i += 4
+                continue
+            if d in "01234567":
+                j = i + 1
+                while j < n and j < i + 4 and v[j] in "01234567":
+                    j += 1
+                out.append(chr(int(v[i + 1 : j], 8) & 0xFF))
+                i = j
+                continue
+            out.append(_JS_SIMPLE.get(d, d))
+            i += 2
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def css_decode(v: str) -> str:
+    """CSS 2.x escapes: `\\` + 1-6 hex digits (optional following space), `\\` + newline removed."""
+    if "\\" not in v:
+        return v
+    out: list[str] = []
+    i, n = 0, len(v)
+    while i < n:
+        c = v[i]
+        if c == "\\" and i + 1 < n:
+            j = i + 1
+            while j < n and j < i + 7 and _is_hex(v[j]):
+                j += 1
+            if j > i + 1:
+                code = int(v[i + 1 : j], 16)
+                full = 0xFF01 <= code <= 0xFF5E and j - i - 1 >= 5
+                out.append(chr(code - 0xFEE0) if full else chr(code & 0xFF))
+                if j < n and v[j] in " \t\n\r\f":
+                    j += 1
+                i = j
+                continue
+            if v[i + 1] == "\n":
+                i += 2
+                continue
+            out.append(v[i + 1])
+            i += 2
+            continue
+        if c == "\\":
+            i += 1
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+_CMD_DELETE = str.maketrans("", "", "\\\"'^")
+_CMD_SPACES = re.compile(r"[ ,;\t\r\n]+")
+_CMD_BEFORE = re.compile(r" (?=[/(])")
+
+
+def cmd_line(v: str) -> str:
+    """Windows/Unix command-line normalisation: drop `\\ " ' ^`, spaces/`,`/`;` -> one space,
+    drop a space before `/` or `(`, lowercase."""
+    v = v.translate(_CMD_DELETE)
+    v = _CMD_SPACES.sub(" ", v)
+    v = _CMD_BEFORE.sub("", v)
+    return lowercase(v)
+
+
+_WS = re.compile(r"[ \t\n\r\f\v\xa0]+")
+
+
+def compress_whitespace(v: str) -> str:
+    return _WS.sub(" ", v)
+
+
+def remove_whitespace(v: str) -> str:
+    return _WS.sub("", v)
+
+
+def remove_nulls(v: str) -> str:
+    return v.replace("\x00", "")
+
+
+def replace_nulls(v: str) -> str:
+    return v.replace("\x00", " ")
+
+
+_C_COMMENT = re.compile(r"/\*.*?(?:\*/|\Z)", re.S)
+
+
+def replace_comments(v: str) -> str:
+    """Each C-style comment (an unterminated one runs to the end) becomes one space."""
+    if "/*" not in v:
+        return v
+    return _C_COMMENT.sub(" ", v)
+
+
+_ANY_COMMENT = re.compile(r"/\*.*?(?:\*/|\Z)|<!--.*?(?:-->|\Z)|--.*|#.*", re.S)
+
+
+def remove_comments(v: str) -> str:
+    return _ANY_COMMENT.sub("", v)
+
+
+def remove_comments_char(v: str) -> str:
+    for token in ("/*", "*/", "<!--", "-->", "--", "#"):
+        v = v.replace(token, "")
+    return v
+
+
+_B64_CLEAN = re.compile(r"[^A-Za-z0-9+/]")
+
+
+def base64_decode(v: str) -> str:
+    """Decodes up to the first character that is not base64; what decodes is kept."""
+    m = re.match(r"[A-Za-z0-9+/]*", v)
+    data = m.group(0) if m else ""
+    return _b64(data)
+
+
+def base64_decode_ext(v: str) -> str:
+    """Forgiving: characters outside the alphabet are skipped."""
+    return _b64(_B64_CLEAN.sub("", v))
+
+
+def _b64(data: str) -> str:
+    data = data[: len(data) - len(data) % 4] if len(data) % 4 == 1 else data
+    data += "=" * (-len(data) % 4)
+    try:
+        return base64.b64decode(data.encode("latin-1")).decode("latin-1")
+    except (binascii.Error, ValueError):
+        return ""
+
+
+def base64_encode(v: str) -> str:
+    return base64.b64encode(v.encode("latin-1")).decode("ascii")
+
+
+def hex_decode(v: str) -> str:
+    data = v[: len(v) - len(v) % 2]
+    try:
+        return bytes.fromhex(data).decode("latin-1")
+    except ValueError:
+        return v
+
+
+def hex_encode(v: str) -> str:
+    return v.encode("latin-1").hex()
+
+
+_SQL_HEX = re.compile(r"0x((?:[0-9a-fA-F]{2})+)")
+
+
+def sql_hex_decode(v: str) -> str:
+    return _SQL_HEX.sub(lambda m: bytes.fromhex(m.group(1)).decode("latin-1"), v)
+
+
+def normalize_path(v: str) -> str:
+    """Remove `./`, resolve `dir/../`, collapse `//`; keeps a leading/trailing slash."""
+    if not v:
+        return v
+    absolute = v.startswith("/")
+    trailing = v.endswith("/") or v.endswith("/.") or v.endswith("/..")
+    parts: list[str] = []
+    for seg in v.split("/"):
+        if seg in ("", "."):
+            continue
+        if seg == "..":
+            if parts and parts[-1] != "..":
+                parts.pop()
+            elif not absolute:
+                parts.append("..")
+            continue
+        parts.append(seg)
+    out = "/".join(parts)
+    if absolute:
+        out = "/" + out
+    if trailing and out and not out.endswith("/"):
+        out += "/"
+    return out
+
+
+def normalize_path_win(v: str) -> str:
+    return normalize_path(v.replace("\\", "/"))
+
+
+def utf8_to_unicode(v: str) -> str:
+    """Multi-byte UTF-8 sequences become `%uHHHH`; invalid bytes stay."""
+    if v.isascii():
+        return v
+    out: list[str] = []
+    i, n = 0, len(v)
+    while i < n:
+        c = ord(v[i])
+        width = 2 if 0xC0 <= c < 0xE0 else 3 if 0xE0 <= c < 0xF0 else 4 if 0xF0 <= c < 0xF8 else 0
+        if width and i + width <= n:
+            chunk = v[i : i + width].encode("latin-1")
+            try:
+                ch = chunk.decode("utf-8")
+            except UnicodeDecodeError:
+                ch = ""
+            if ch:
+                out.append("%%u%04x" % (ord(ch) & 0xFFFF if ord(ch) > 0xFFFF else ord(ch)))
+                i += width
+                continue
+        out.append(v[i])
+        i += 1
+    return "".join(out)
+
+
+def escape_seq_decode(v: str) -> str:
+    """ANSI C escapes: `\\a \\b \\f \\n \\r \\t \\v \\\\ \\? \\' \\"`, `\\xHH`, `\\OOO`."""
+    if "\\" not in v:
+        return v
+    out: list[str] = []
+    i, n = 0, len(v)
+    simple = {**_JS_SIMPLE, "\\": "\\", "?": "?", "'": "'", '"': '"'}
+    while i < n:
+        c = v[i]
+        if c == "\\" and i + 1 < n:
+            d = v[i + 1]
+            if d in simple:
+                out.append(simple[d])
+                i += 2
+                continue
+            if d == "x" and i + 3 < n + 0 and _is_hex(v[i + 2 : i + 3]) and _is_hex(v[i + 3 : i + 4]):
+                out.append(chr(int(v[i + 2 : i + 4], 16)))
+                i += 4
+                continue
+            if d in "01234567":
+                j = i + 1
+                while j < n and j < i + 4 and v[j] in "01234567":
+                    j += 1
+                out.append(chr(int(v[i + 1 : j], 8) & 0xFF))
+                i = j
+                continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def length(v: str) -> str:
+    return str(len(v))
+
+
+def md5(v: str) -> str:
+    return hashlib.md5(v.encode("latin-1"), usedforsecurity=False).digest().decode("latin-1")
+
+
+def sha1(v: str) -> str:
+    return hashlib.sha1(v.encode("latin-1"), usedforsecurity=False).digest().decode("latin-1")
+
+
+def trim(v: str) -> str:
+    return v.strip(" \t\n\r\f\v\x00")
+
+
+def trim_left(v: str) -> str:
+    return v.lstrip(" \t\n\r\f\v\x00")
+
+
+def trim_right(v: str) -> str:
+    return v.rstrip(" \t\n\r\f\v\x00")
+
+
+def url_encode(v: str) -> str:
+    safe = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789*-._")
+    return "".join(c if c in safe else "+" if c == " " else "%%%02x" % (ord(c) & 0xFF) for c in v)
+
+
+def parity_zero_7bit(v: str) -> str:
+    return "".join(chr(ord(c) & 0x7F) for c in v)
+
+
+TRANSFORMS: dict[str, Transform] = {
+    "lowercase": lowercase,
+    "uppercase": uppercase,
+    "urldecode": url_decode,
+    "urldecodeuni": url_decode_uni,
+    "htmlentitydecode": html_entity_decode,
+    "jsdecode": js_decode,
+    "cssdecode": css_decode,
+    "cmdline": cmd_line,
+    "compresswhitespace": compress_whitespace,
+    "removewhitespace": remove_whitespace,
+    "removenulls": remove_nulls,
+    "replacenulls": replace_nulls,
+    "replacecomments": replace_comments,
+    "removecomments": remove_comments,
+    "removecommentschar": remove_comments_char,
+    "base64decode": base64_decode,
+    "base64decodeext": base64_decode_ext,
+    "base64encode": base64_encode,
+    "hexdecode": hex_decode,
+    "hexencode": hex_encode,
+    "sqlhexdecode": sql_hex_decode,
+    "normalizepath": normalize_path,
+    "normalisepath": normalize_path,
+    "normalizepathwin": normalize_path_win,
+    "normalisepathwin": normalize_path_win,
+    "utf8tounicode": utf8_to_unicode,
+    "escapeseqdecode": escape_seq_decode,
+    "length": length,
+    "md5": md5,
+    "sha1": sha1,
+    "trim": trim,
+    "trimleft": trim_left,
+    "trimright": trim_right,
+    "urlencode": url_encode,
+    "paritzero7bit": parity_zero_7bit,
+    "parityzero7bit": parity_zero_7bit,
+}
+
+
+def lookup(name: str) -> Transform:
+    """The transformation called `name` (case-insensitive); KeyError if unknown."""
+    return TRANSFORMS[name.lower()]

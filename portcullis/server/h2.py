@@ -1,0 +1,579 @@
+"""The HTTP/2 client connection (RFC 9113) on the `h2` state machine.
+
+One `H2Connection` per client connection multiplexes streams; each stream is an `H2Stream`,
+a `Downstream` driven by the same `Exchange` as an HTTP/1.1 request. The connection enforces
+flow control both ways (a response waits for the client's window, and its upstream stops
+being read meanwhile; request bodies are acknowledged only while the exchange wants more),
+the SETTINGS limits, GOAWAY on drain and reload, and a rapid-reset budget (CVE-2023-44487).
+CONTINUATION floods and HPACK bombs are refused by `h2` itself (a bounded CONTINUATION
+backlog and the decoder's maximum header list size).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from typing import TYPE_CHECKING, cast
+
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from portcullis.engine.context import RequestContext
+from portcullis.engine.exchange import Exchange
+from portcullis.engine.messages import Headers
+
+if TYPE_CHECKING:
+    from portcullis.config.schema import Http2
+    from portcullis.server.edge import ListenerEdge
+    from portcullis.tls.certs import ClientIdentity
+    from portcullis.worker.runtime import ListenerRuntime, Runtime
+
+_CONNECTION_SPECIFIC = frozenset(
+    {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
+)
+_HSTS = b"strict-transport-security"
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
+
+
+class H2Stream:
+    """One request/response on an HTTP/2 connection: the exchange's `Downstream`."""
+
+    __slots__ = (
+        "_blocked",
+        "_end_pending",
+        "_pending",
+        "_trailers",
+        "conn",
+        "done",
+        "ended",
+        "exchange",
+        "held",
+        "paused",
+        "remote_ended",
+        "req_trailers",
+        "stream_id",
+        "trusted",
+    )
+
+    def __init__(self, conn: H2Connection, stream_id: int, trusted: bool) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.trusted = trusted
+        self.exchange: Exchange | None = None
+        self.ended = False  # our END_STREAM (or RST_STREAM) is out
+        self.remote_ended = False
+        self.done = False  # the exchange has finished with us
+        self.paused = False  # the exchange wants no more request body for now
+        self.held = 0  # request body bytes received but not yet acknowledged
+        self.req_trailers: Headers | None = None
+        self._pending: collections.deque[bytes] = collections.deque()
+        self._end_pending = False
+        self._trailers: Headers | None = None
+        self._blocked = False  # the exchange was told to stop reading its upstream
+
+    # ------------------------------------------------------------------ Downstream
+    def send_head(
+        self, status: int, headers: Headers, length: int | None, no_body: bool, close: bool
+    ) -> None:
+        conn = self.conn
+        out: Headers = [(b":status", _STATUS.get(status) or str(status).encode())]
+        seen_hsts = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname in _CONNECTION_SPECIFIC:
+                continue
+            if lname == _HSTS:
+                seen_hsts = True
+            out.append((lname, value))
+        if length is not None and status != 204 and status >= 200:
+            out.append((b"content-length", str(length).encode()))
+        if conn.hsts is not None and not seen_hsts:
+            out.append((_HSTS, conn.hsts))
+        if self.ended:
+            return
+        try:
+            conn.h2.send_headers(self.stream_id, out, end_stream=no_body)
+        except h2.exceptions.H2Error:
+            self._lost()
+            return
+        if no_body:
+            self.ended = True
+        conn.mark()
+
+    def send_body(self, data: bytes) -> None:
+        if self.ended or not data:
+            return
+        if self._pending:
+            self._pending.append(data)
+            return
+        rest = self.conn.send_data(self, data)
+        if rest:
+            self._pending.append(rest)
+            self._update_block()
+
+    def flush(self) -> None:
+        self.conn.write_out()
+
+    def send_end(self, trailers: Headers | None) -> None:
+        if self.ended:
+            return
+        if self._pending:
+            self._end_pending = True
+            self._trailers = trailers
+            return
+        self._finish_response(trailers)
+
+    def _finish_response(self, trailers: Headers | None) -> None:
+        conn = self.conn
+        try:
+            if trailers:
+                clean = [(n.lower(), v) for n, v in trailers if n.lower() not in _CONNECTION_SPECIFIC]
+                conn.h2.send_headers(self.stream_id, clean, end_stream=True)
+            else:
+                conn.h2.end_stream(self.stream_id)
+        except h2.exceptions.H2Error:
+            self._lost()
+            return
+        self.ended = True
+        conn.mark()
+        self._maybe_release()
+
+    def send_continue(self) -> None:
+        if not self.ended:
+            try:
+                self.conn.h2.send_headers(self.stream_id, [(b":status", b"100")])
+            except h2.exceptions.H2Error:
+                return
+            self.conn.mark()
+
+    def send_switch(self, headers: Headers) -> None:
+        self.abort()  # no protocol upgrade inside an HTTP/2 stream (the exchange never asks)
+
+    def tunnel_write(self, data: bytes) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        if self.paused:
+            self.paused = False
+            if self.held:
+                held, self.held = self.held, 0
+                self.conn.acknowledge(self.stream_id, held)
+
+    def exchange_done(self, keep_alive: bool) -> None:
+        self.done = True
+        if not keep_alive and not self.remote_ended and self.ended:
+            # answered before the request body was all received: the client may stop sending it
+            self.conn.reset(self, h2.errors.ErrorCodes.NO_ERROR)
+        self._maybe_release()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._end_pending = False
+        if not self.ended:
+            self.conn.reset(self, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        self._maybe_release()
+
+    # ------------------------------------------------------------------ flow control
+    def window_opened(self) -> None:
+        """The client granted window: send what waits."""
+        pending = self._pending
+        while pending and not self.ended:
+            rest = self.conn.send_data(self, pending[0])
+            if rest:
+                pending[0] = rest
+                break
+            pending.popleft()
+        if not pending and self._end_pending:
+            self._end_pending = False
+            self._finish_response(self._trailers)
+        self._update_block()
+
+    def _update_block(self) -> None:
+        blocked = bool(self._pending) or self.conn.write_paused
+        if blocked != self._blocked and self.exchange is not None and not self.exchange.finished:
+            self._blocked = blocked
+            if blocked:
+                self.exchange.downstream_write_paused()
+            else:
+                self.exchange.downstream_write_resumed()
+
+    @property
+    def waiting(self) -> bool:
+        return bool(self._pending)
+
+    def _lost(self) -> None:
+        """The stream is gone on the h2 side (the client reset it)."""
+        self.ended = True
+        self._pending.clear()
+        self._end_pending = False
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self.done and self.ended:
+            self.conn.release(self)
+
+
+class H2Connection(asyncio.Protocol):
+    __slots__ = (
+        "_closing",
+        "_connection_window",
+        "_goaway_sent",
+        "_listener",
+        "_max_resets",
+        "_reset_times",
+        "_reset_window",
+        "_runtime",
+        "_write_scheduled",
+        "client_cert",
+        "client_ip",
+        "client_port",
+        "deadline",
+        "edge",
+        "h2",
+        "hsts",
+        "streams",
+        "transport",
+        "trusted",
+        "write_paused",
+    )
+
+    def __init__(self, runtime: Runtime, listener: ListenerRuntime, edge: ListenerEdge | None) -> None:
+        self._runtime = runtime
+        self._listener = listener
+        self.edge = edge
+        self.hsts = edge.hsts if edge is not None else None
+        settings: Http2 = runtime.config.server.http2
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        conn = self.h2 = h2.connection.H2Connection(config=config)
+        conn.local_settings = h2.settings.Settings(
+            client=False,
+            initial_values={
+                h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: settings.max_concurrent_streams,
+                h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: settings.max_header_list_size,
+                h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: settings.initial_window,
+                h2.settings.SettingCodes.ENABLE_PUSH: 0,
+            },
+        )
+        # the decoder enforces the limit from the first header block, not only once SETTINGS is acked
+        conn.decoder.max_header_list_size = settings.max_header_list_size
+        self._max_resets = settings.max_resets
+        self._reset_window = settings.reset_window
+        self._reset_times: collections.deque[float] = collections.deque()
+        self.streams: dict[int, H2Stream] = {}
+        self.transport: asyncio.Transport | None = None
+        self.client_ip = ""
+        self.client_port = 0
+        self.client_cert: ClientIdentity | None = None
+        self.trusted = False
+        self.deadline = 0.0
+        self.write_paused = False
+        self._closing = False
+        self._goaway_sent = False
+        self._write_scheduled = False
+        self._connection_window = settings.connection_window
+
+    # ================================================================== asyncio callbacks
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            self.client_ip, self.client_port = peer[0], peer[1]
+        runtime = self._runtime
+        self.trusted = runtime.is_trusted(self.client_ip)
+        if self.edge is not None:
+            self.client_cert = self.edge.client_identity(transport)
+        self.deadline = runtime.watchdog.now + runtime.client_header_timeout
+        runtime.watchdog.watch(self)
+        runtime.connection_opened(self)
+        self.h2.initiate_connection()
+        extra = self._connection_window - 65535
+        if extra > 0:
+            self.h2.increment_flow_control_window(extra)
+        self.write_out()
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            # h2 has queued the GOAWAY with the right error code
+            self.write_out()
+            self._close()
+            return
+        for ev in events:
+            if self._closing:
+                break
+            self._event(ev)
+        self.write_out()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self.deadline = 0.0
+        runtime = self._runtime
+        runtime.watchdog.unwatch(self)
+        runtime.connection_closed(self)
+        streams = list(self.streams.values())
+        self.streams.clear()
+        for stream in streams:
+            stream.ended = True
+            if stream.exchange is not None:
+                stream.exchange.client_gone()
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        for stream in list(self.streams.values()):
+            stream._update_block()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        for stream in list(self.streams.values()):
+            stream._update_block()
+
+    def on_deadline(self) -> None:
+        if not self.streams:
+            self._goaway()
+            self._close()
+
+    # ================================================================== events
+    def _event(self, ev: h2.events.Event) -> None:
+        if isinstance(ev, h2.events.RequestReceived):
+            self._request(ev)
+        elif isinstance(ev, h2.events.DataReceived):
+            self._data(ev)
+        elif isinstance(ev, h2.events.StreamEnded):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.remote_ended = True
+                if stream.exchange is not None:
+                    stream.exchange.request_end(stream.req_trailers)
+        elif isinstance(ev, h2.events.TrailersReceived):
+            stream = self.streams.get(ev.stream_id)
+            if stream is not None:
+                stream.req_trailers = [(n, v) for n, v in ev.headers if not n.startswith(b":")]
+        elif isinstance(ev, h2.events.StreamReset):
+            self._reset_by_client(ev)
+        elif isinstance(ev, h2.events.WindowUpdated):
+            if ev.stream_id:
+                stream = self.streams.get(ev.stream_id)
+                if stream is not None:
+                    stream.window_opened()
+            else:
+                self._window_opened()
+        elif isinstance(ev, h2.events.RemoteSettingsChanged):
+            if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in ev.changed_settings:
+                self._window_opened()
+        elif isinstance(ev, h2.events.ConnectionTerminated):
+            self._close()
+
+    def _window_opened(self) -> None:
+        for stream in list(self.streams.values()):
+            if stream.waiting:
+                stream.window_opened()
+
+    def _request(self, ev: h2.events.RequestReceived) -> None:
+        stream_id = ev.stream_id
+        if self._goaway_sent:
+            self.reset_id(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        method = path = authority = b""
+        headers: Headers = []
+        cookies: list[bytes] = []
+        has_host = False
+        length: int | None = None
+        rid_header = self._runtime.request_id_header_lower
+        request_id: bytes | None = None
+        for name, value in ev.headers:
+            if name[:1] == b":":
+                if name == b":method":
+                    method = value
+                elif name == b":path":
+                    path = value
+                elif name == b":authority":
+                    authority = value
+                continue
+            if name == b"cookie":
+                cookies.append(value)
+                continue
+            if name == b"host":
+                has_host = True
+                if not authority:
+                    authority = value
+            elif name == b"content-length":
+                if not value.isdigit() or (length is not None and int(value) != length):
+                    self.reset_id(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                    return
+                length = int(value)
+            elif name == rid_header:
+                request_id = value
+            headers.append((name, value))
+        if not path or method == b"CONNECT":
+            self.reset_id(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+            return
+        if cookies:
+            headers.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 8.2.3
+        if authority and not has_host:
+            headers.append((b"host", authority))
+        ended = ev.stream_ended is not None
+        stream = H2Stream(self, stream_id, self.trusted)
+        self.streams[stream_id] = stream
+        self.deadline = 0.0
+        runtime = self._runtime
+        listener = self._listener
+        host = self._host_name(authority)
+        ctx = RequestContext(
+            method.decode("latin-1"), path, headers, "2", host, self.client_ip, self.client_port,
+            listener.scheme, listener.name, runtime.clock(), authority or None, None, request_id,
+        )  # fmt: skip
+        ctx.client_cert = self.client_cert
+        if ended:
+            req_length, chunked = None, False
+        elif length is not None:
+            req_length, chunked = length, False
+        else:
+            req_length, chunked = None, True  # the upstream gets it chunked
+        exchange = Exchange(stream, ctx, runtime, req_length, chunked, False, None)
+        stream.exchange = exchange
+        exchange.begin(listener.router)  # StreamEnded, among the events that follow, ends the request
+
+    def _host_name(self, authority: bytes) -> str:
+        if not authority:
+            return self._listener.host
+        if authority.startswith(b"["):
+            return authority[: authority.find(b"]") + 1].decode("latin-1").lower()
+        return authority.partition(b":")[0].decode("latin-1").lower()
+
+    def _data(self, ev: h2.events.DataReceived) -> None:
+        stream = self.streams.get(ev.stream_id)
+        size = ev.flow_controlled_length
+        if stream is None or stream.exchange is None or stream.done:
+            self.acknowledge(ev.stream_id, size)
+            return
+        if ev.data:
+            stream.exchange.request_body(ev.data)
+        if stream.paused:
+            stream.held += size
+        else:
+            self.acknowledge(ev.stream_id, size)
+
+    def _reset_by_client(self, ev: h2.events.StreamReset) -> None:
+        stream = self.streams.pop(ev.stream_id, None)
+        if stream is not None:
+            stream.ended = True
+            if stream.exchange is not None:
+                stream.exchange.client_gone()
+        if not ev.remote_reset:
+            return
+        now = self._runtime.watchdog.loop.time()
+        times = self._reset_times
+        times.append(now)
+        while times and times[0] < now - self._reset_window:
+            times.popleft()
+        if len(times) > self._max_resets:
+            # rapid reset (CVE-2023-44487): this client makes us start work it cancels at once
+            self._runtime.stats.reject("h2_rapid_reset")
+            self._goaway(h2.errors.ErrorCodes.ENHANCE_YOUR_CALM)
+            self._close()
+
+    # ================================================================== for the streams
+    def send_data(self, stream: H2Stream, data: bytes) -> bytes:
+        """Send as much of `data` as the windows allow; what is left."""
+        conn = self.h2
+        stream_id = stream.stream_id
+        try:
+            window = conn.local_flow_control_window(stream_id)
+            frame = conn.max_outbound_frame_size
+            view = memoryview(data)
+            sent = 0
+            total = len(data)
+            while sent < total and window > 0:
+                n = min(window, frame, total - sent)
+                conn.send_data(stream_id, view[sent : sent + n].tobytes() if n != total else data)
+                sent += n
+                window -= n
+        except h2.exceptions.H2Error:
+            stream._lost()
+            return b""
+        self.mark()
+        return data[sent:] if sent < total else b""
+
+    def acknowledge(self, stream_id: int, size: int) -> None:
+        if size and not self._closing:
+            try:
+                self.h2.acknowledge_received_data(size, stream_id)
+            except h2.exceptions.H2Error:
+                return
+            self.mark()
+
+    def reset(self, stream: H2Stream, code: h2.errors.ErrorCodes) -> None:
+        stream.ended = True
+        self.reset_id(stream.stream_id, code)
+
+    def reset_id(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
+        try:
+            self.h2.reset_stream(stream_id, code)
+        except h2.exceptions.H2Error:
+            pass
+        self.mark()
+
+    def release(self, stream: H2Stream) -> None:
+        if self.streams.get(stream.stream_id) is stream:
+            del self.streams[stream.stream_id]
+        if not self.streams and not self._closing:
+            if self._goaway_sent:
+                self.write_out()
+                self._close()
+            else:
+                runtime = self._runtime
+                idle = 1.0 if runtime.retired else runtime.keepalive_timeout
+                self.deadline = runtime.watchdog.now + idle
+
+    def mark(self) -> None:
+        """Output is waiting in the h2 buffer: write it once this round of callbacks is over."""
+        if not self._write_scheduled and not self._closing:
+            self._write_scheduled = True
+            self._runtime.watchdog.loop.call_soon(self.write_out)
+
+    def write_out(self) -> None:
+        self._write_scheduled = False
+        data = self.h2.data_to_send()
+        if data and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    # ================================================================== closing
+    def _goaway(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
+        if self._goaway_sent or self._closing:
+            return
+        self._goaway_sent = True
+        try:
+            self.h2.close_connection(error_code=code, last_stream_id=self.h2.highest_inbound_stream_id)
+        except h2.exceptions.H2Error:
+            pass
+        self.write_out()
+
+    def close_if_idle(self) -> bool:
+        """Drain and reload: announce GOAWAY; close once no stream is left. True if closed."""
+        self._goaway()
+        if not self.streams:
+            self._close()
+            return True
+        return False
+
+    def _close(self) -> None:
+        if self._closing:
+            return
+        self.write_out()
+        self._closing = True
+        self.deadline = 0.0
+        if self.transport is not None:
+            self.transport.close()

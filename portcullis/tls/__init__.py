@@ -1,0 +1,1 @@
+"""TLS: server contexts, the SNI certificate store with file watching, client identities."""
