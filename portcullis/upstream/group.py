@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,7 @@ from portcullis.balancing.selectors import SELECTORS, Selector
 from portcullis.config.schema import Upstream as UpstreamConfig
 from portcullis.config.units import parse_address
 from portcullis.observability.events import event
+from portcullis.tls.upstream import upstream_context
 from portcullis.upstream.pool import Pool
 from portcullis.upstream.sticky import sticky_token
 
@@ -43,6 +45,8 @@ class Peer:
         "reason",
         "recovered_at",
         "retry_after_until",
+        "server_hostname",
+        "ssl",
         "url",
     )  # fmt: skip
 
@@ -50,9 +54,11 @@ class Peer:
         self.url = self.key = url
         hostport = url.partition("://")[2].rstrip("/")
         if ":" not in hostport.rsplit("]", 1)[-1]:
-            hostport += ":80"
+            hostport += ":443" if url.startswith("https://") else ":80"
         self.host, self.port = parse_address(hostport)
         self.label = hostport
+        self.ssl: ssl.SSLContext | None = None  # https:// peers: set by the group
+        self.server_hostname: str | None = None
         self.base_weight = weight
         self.backup = backup
         self.max_conns = max_conns
@@ -115,6 +121,9 @@ class UpstreamGroup:
         self.backup_selector: Selector | None = selector(self.backups) if self.backups else None
         for peer in self.peers:
             peer.group = self
+            if peer.url.startswith("https://"):
+                peer.ssl = upstream_context(config.tls)
+                peer.server_hostname = (config.tls.server_name if config.tls else None) or peer.host.strip("[]")
             if config.breaker is not None and peer.breaker is None:
                 peer.breaker = Breaker(BreakerPolicy(config.breaker.failures, config.breaker.open_for))
             if config.outlier is not None and peer.outlier is None:

@@ -433,7 +433,7 @@ def test_backup_peer_only_when_the_primaries_are_down_then_503(
     a, b, backup = peers
     fast_health = {"path": "/healthz", "interval": "0.2s", "timeout": "0.5s",
                    "unhealthy_threshold": 1, "healthy_threshold": 1}  # fmt: skip
-    proxy = factory(balanced(a, b, {"url": backup.url, "backup": True}, workers=2, health=fast_health))
+    proxy = factory(balanced(a, b, {"url": backup.url, "backup": True}, health=fast_health))
     client = Client(proxy.port)
 
     def servers(n: int = 20) -> Counter[str]:
