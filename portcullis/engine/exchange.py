@@ -320,7 +320,8 @@ class Exchange:
         try:
             async with asyncio.timeout(group.connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(peer.pool, runtime.watchdog), peer.host, peer.port
+                    lambda: UpstreamConnection(peer.pool, runtime.watchdog), peer.host, peer.port,
+                    ssl=peer.ssl, server_hostname=peer.server_hostname,
                 )
         except TimeoutError:
             self.upstream_failed(ProxyError(ErrorKind.CONNECT_TIMEOUT, f"connecting to {peer.label} timed out"))
@@ -387,16 +388,16 @@ class Exchange:
             return  # the switch itself happens in upstream_upgraded
         group, peer = self._group, self._peer
         self._settle(status < 500)
+        if status == 503 and group is not None and peer is not None and not group.trivial:
+            wait = _retry_after(raw_headers)
+            if wait is not None:
+                group.retry_after(peer, wait)  # honoured whether or not this request is retried
         if (
             group is not None
             and peer is not None
             and status in group.retries.on_statuses
             and self._may_retry(idempotent_only=True)
         ):
-            if status == 503:
-                wait = _retry_after(raw_headers)
-                if wait is not None:
-                    group.retry_after(peer, wait)
             self._retry(ProxyError(ErrorKind.UPSTREAM_STATUS, f"peer {peer.label} answered {status}"))
             return
         upstream = response_headers(raw_headers, self.runtime.request_id_header_lower)

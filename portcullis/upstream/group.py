@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("portcullis")
 
 _EWMA_DECAY = 0.3
+_EWMA_HALF_LIFE = 10.0  # seconds without an answer that halve a peer's remembered latency
 
 
 class Peer:
@@ -33,7 +34,8 @@ class Peer:
         "backup",
         "base_weight",
         "breaker",
-        "ewma",
+        "_ewma",
+        "_ewma_at",
         "group",
         "host",
         "key",
@@ -64,7 +66,8 @@ class Peer:
         self.max_conns = max_conns
         self.pool = pool
         self.active = 0
-        self.ewma = 0.0
+        self._ewma = 0.0
+        self._ewma_at = 0.0
         self.active_ok = True
         self.reason = "healthy"
         self.recovered_at = 0.0
@@ -83,6 +86,20 @@ class Peer:
             self.recovered_at = 0.0
             return self.base_weight
         return self.base_weight * max(ramp, 0.05)
+
+    @property
+    def ewma(self) -> float:
+        """Smoothed response time; it fades while the peer gets no traffic, so a peer that was
+        slow once is tried again later (P2C would otherwise never pick it again)."""
+        if not self._ewma:
+            return 0.0
+        idle = (self.group.clock() if self.group is not None else self._ewma_at) - self._ewma_at
+        return self._ewma * 0.5 ** (idle / _EWMA_HALF_LIFE) if idle > 0 else self._ewma
+
+    def observe_latency(self, seconds: float, now: float) -> None:
+        current = self.ewma
+        self._ewma = seconds if current == 0.0 else current + _EWMA_DECAY * (seconds - current)
+        self._ewma_at = now
 
     def state(self, now: float) -> str:
         if not self.active_ok:
@@ -142,6 +159,15 @@ class UpstreamGroup:
             and config.outlier is None
         )
         self.by_key = {p.key: p for p in self.peers}
+        # no health policy, breaker, ejection or connection cap: only a Retry-After can make a peer unavailable
+        self.simple = (
+            config.health is None
+            and config.breaker is None
+            and config.outlier is None
+            and not self.backups
+            and not any(p.max_conns for p in self.peers)
+        )
+        self._retry_after_until = 0.0
         self._by_token = {sticky_token(p): p for p in self.peers}
 
     # ------------------------------------------------------------------ selection
@@ -164,6 +190,9 @@ class UpstreamGroup:
             if pinned is not None and self.available(pinned, now) and self._has_room(pinned):
                 return pinned
         key = self._hash_input(ctx)
+        if self.simple and not tried and now >= self._retry_after_until:
+            # nothing can take a peer out of service: no per-peer checks
+            return self.selector.pick(key)  # type: ignore[return-value]
         selectors = (self.selector, self.backup_selector)
         # untried primaries, untried backups, then (a retry with nothing new left) any available peer
         for fresh_only in (True, False) if tried else (True,):
@@ -222,7 +251,7 @@ class UpstreamGroup:
     def record(self, peer: Peer, ok: bool, elapsed: float | None) -> None:
         """Learn from how a try on `peer` went (ok: it answered, and not with a 5xx)."""
         if elapsed is not None:
-            peer.ewma = elapsed if peer.ewma == 0.0 else peer.ewma + _EWMA_DECAY * (elapsed - peer.ewma)
+            peer.observe_latency(elapsed, self.clock())
         if self.trivial:
             return
         now = self.clock()
@@ -240,11 +269,14 @@ class UpstreamGroup:
 
     def retry_after(self, peer: Peer, seconds: float) -> None:
         peer.retry_after_until = self.clock() + min(seconds, 300.0)
+        self._retry_after_until = max(self._retry_after_until, peer.retry_after_until)
 
     def set_active_health(self, peer: Peer, ok: bool, reason: str) -> None:
         """From the master's active checks."""
         if ok != peer.active_ok:
             peer.active_ok = ok
+            if not ok:
+                self.simple = False
             peer.reason = reason
             if ok:
                 peer.recovered_at = self.clock()

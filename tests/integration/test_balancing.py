@@ -555,12 +555,6 @@ def test_max_conns_queues_for_queue_timeout_then_503(
             assert results[1][1] > 0.9  # it waited for the first to finish, then took its 0.6 s
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Retry-After on a 503 is only noted when that request is retried (idempotent method, budget left): "
-    "a peer answering POSTs with 503 + Retry-After: 30 keeps getting every other POST (observed 3 of 6, "
-    "and 3 503s to clients) instead of being left alone after the first.",
-)
 def test_retry_after_is_honoured_when_the_request_itself_is_not_retried(
     factory: OpsProxyFactory, peers: tuple[Upstream, Upstream, Upstream]
 ) -> None:

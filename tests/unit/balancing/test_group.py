@@ -353,12 +353,6 @@ def test_slow_start_ramps_the_weight_of_a_recovered_peer() -> None:
     assert a.recovered_at == 0.0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="p2c_ewma: a peer's moving average only changes when it answers, and never decays with time: "
-    "with requests one at a time, a peer that was slow once is never picked again (observed: 0 of 300 "
-    "picks a minute later). Linkerd/Finagle decay the average with the time since its last update.",
-)
 def test_p2c_gives_a_peer_that_was_slow_once_another_chance_later() -> None:
     clock = Clock()
     group = make_group(clock, balance="p2c_ewma",
