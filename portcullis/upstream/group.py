@@ -29,13 +29,13 @@ class Peer:
     """One peer of one upstream: its address, pool, load and health."""
 
     __slots__ = (
+        "_ewma",
+        "_ewma_at",
         "active",
         "active_ok",
         "backup",
         "base_weight",
         "breaker",
-        "_ewma",
-        "_ewma_at",
         "group",
         "host",
         "key",
