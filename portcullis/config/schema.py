@@ -210,15 +210,15 @@ class Peer(Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         scheme, sep, rest = value.partition("://")
-        if not sep or scheme not in ("http",):
-            raise ValueError("peer url must start with http:// (https and h2 peers come with TLS support)")
+        if not sep or scheme not in ("http", "https"):
+            raise ValueError("peer url must start with http:// or https://")
         hostport = rest.split("/", 1)[0]
         if not hostport or hostport.startswith(":"):
             raise ValueError("peer url has no host")
         if "/" in rest and rest.split("/", 1)[1]:
             raise ValueError("peer url cannot have a path; use a rewrite filter on the route")
         if ":" not in hostport.rsplit("]", 1)[-1]:
-            hostport += ":80"
+            hostport += ":443" if scheme == "https" else ":80"
         parse_address(hostport)
         return value
 
@@ -315,8 +315,36 @@ class Sticky(Strict):
     max_age: Duration | None = None
 
 
+class UpstreamTls(Strict):
+    verify: bool = True
+    ca: str | None = None
+    """CA bundle to verify the peers with (default: the system bundle)."""
+    server_name: str | None = None
+    """SNI and the name verified (default: the peer's host)."""
+    cert: str | None = None
+    """Client certificate (mTLS to the upstream), with `key`."""
+    key: str | None = None
+    min_version: Literal["1.2", "1.3"] = "1.2"
+
+    @model_validator(mode="after")
+    def _pair(self) -> UpstreamTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together")
+        return self
+
+
+class Discovery(Strict):
+    resolve_interval: Duration | None = None
+    """Resolve peers given by host name again this often; every A/AAAA record becomes a peer."""
+    file: str | None = None
+    """A YAML file holding the peer list (the shape of `peers`), watched for changes."""
+    watch_interval: Duration = 2.0
+
+
 class Upstream(Strict):
-    peers: list[Peer] = Field(min_length=1)
+    peers: list[Peer] = []
+    """At least one, unless `discovery.file` provides them."""
+    discovery: Discovery | None = None
     balance: Literal["round_robin", "least_conn", "random", "p2c_ewma", "ip_hash", "consistent_hash"] = (
         "round_robin"
     )
@@ -334,12 +362,16 @@ class Upstream(Strict):
     """How long a request waits when every peer is at `max_conns` (then 503)."""
     timeouts: UpstreamTimeouts = UpstreamTimeouts()
     keepalive: Keepalive = Keepalive()
+    tls: UpstreamTls | None = None
+    """For https:// peers (without it: verified against the system CA bundle)."""
 
     @model_validator(mode="after")
     def _check(self) -> Upstream:
         if self.balance == "consistent_hash" and self.hash_key is None:
             raise ValueError("balance consistent_hash needs a hash_key")
-        if all(p.backup for p in self.peers):
+        if not self.peers and (self.discovery is None or self.discovery.file is None):
+            raise ValueError("an upstream needs peers (or discovery.file to read them from)")
+        if self.peers and all(p.backup for p in self.peers):
             raise ValueError("at least one peer must not be a backup")
         return self
 

@@ -251,4 +251,6 @@ def run(config: Config, text: str, path: str | None, base_dir: str) -> int:
     import uvloop
 
     setup_logging("master")
+    base_dir = os.path.abspath(base_dir)
+    os.chdir(base_dir)  # relative paths in the config are relative to the config file
     return uvloop.run(_main(config, text, path, base_dir))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -41,6 +42,7 @@ class Peer:
         "key",
         "label",
         "max_conns",
+        "origin",
         "outlier",
         "pool",
         "port",
@@ -54,6 +56,8 @@ class Peer:
 
     def __init__(self, url: str, weight: int, pool: Pool, backup: bool = False, max_conns: int = 0) -> None:
         self.url = self.key = url
+        self.origin = url
+        """The configured peer this one comes from (a host name's addresses share it)."""
         hostport = url.partition("://")[2].rstrip("/")
         if ":" not in hostport.rsplit("]", 1)[-1]:
             hostport += ":443" if url.startswith("https://") else ":80"
@@ -115,13 +119,8 @@ class Peer:
 
 class UpstreamGroup:
     def __init__(self, name: str, config: UpstreamConfig, peers: Sequence[Peer], clock: object = None) -> None:
-        import time
-
         self.name = name
         self.config = config
-        self.peers = tuple(peers)
-        self.primaries = tuple(p for p in self.peers if not p.backup)
-        self.backups = tuple(p for p in self.peers if p.backup)
         self.clock = clock if callable(clock) else time.monotonic
         self.connect_timeout = config.timeouts.connect
         self.response_timeout = config.timeouts.response
@@ -133,6 +132,15 @@ class UpstreamGroup:
         self.sticky = config.sticky
         self.hash_key = config.hash_key
         self.max_outstanding = config.breaker.max_outstanding if config.breaker else 0
+        self._retry_after_until = 0.0
+        self.set_peers(peers)
+
+    def set_peers(self, peers: Sequence[Peer]) -> None:
+        """Adopt a (new) peer list: at start, and when discovery finds the set has changed."""
+        config = self.config
+        self.peers = tuple(peers)
+        self.primaries = tuple(p for p in self.peers if not p.backup)
+        self.backups = tuple(p for p in self.peers if p.backup)
         selector = SELECTORS[config.balance]
         self.selector: Selector = selector(self.primaries)
         self.backup_selector: Selector | None = selector(self.backups) if self.backups else None
@@ -157,6 +165,7 @@ class UpstreamGroup:
             and config.health is None
             and config.breaker is None
             and config.outlier is None
+            and config.discovery is None
         )
         self.by_key = {p.key: p for p in self.peers}
         # no health policy, breaker, ejection or connection cap: only a Retry-After can make a peer unavailable
@@ -167,7 +176,6 @@ class UpstreamGroup:
             and not self.backups
             and not any(p.max_conns for p in self.peers)
         )
-        self._retry_after_until = 0.0
         self._by_token = {sticky_token(p): p for p in self.peers}
 
     # ------------------------------------------------------------------ selection

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 from functools import partial
 
-from portcullis.config.schema import Config, Route
+from portcullis.balancing.discovery import PeerDiscovery, Target
+from portcullis.config.schema import Config, Keepalive, Route
+from portcullis.config.schema import Peer as PeerSpec
 from portcullis.config.units import parse_address
 from portcullis.engine.chain import compile_chain
 from portcullis.engine.services import Services
@@ -23,19 +26,24 @@ def _pool_key(upstream: str, url: str) -> str:
     return f"{upstream}|{url}"
 
 
-def build_upstreams(config: Config, services: Services) -> dict[str, UpstreamGroup]:
+def _peer(services: Services, upstream: str, url: str, origin: str, spec: PeerSpec, keepalive: Keepalive) -> Peer:
+    key = _pool_key(upstream, url)
+    # peers are services: a reload keeps their warm connections, health and load figures
+    pool = services.get_or_create(Pool, key, Pool)
+    pool.max_idle = keepalive.max_idle
+    pool.idle_timeout = keepalive.idle_timeout
+    peer = services.get_or_create(Peer, key, partial(Peer, url, spec.weight, pool))
+    peer.base_weight, peer.backup, peer.max_conns, peer.origin = spec.weight, spec.backup, spec.max_conns, origin
+    return peer
+
+
+def build_upstreams(config: Config, services: Services) -> tuple[dict[str, UpstreamGroup], list[PeerDiscovery]]:
     groups: dict[str, UpstreamGroup] = {}
+    discoveries: list[PeerDiscovery] = []
     for name, upstream in config.upstreams.items():
-        keepalive = upstream.keepalive
         peers = []
         for spec in upstream.peers:
-            key = _pool_key(name, spec.url)
-            # peers are services: a reload keeps their warm connections, health and load figures
-            pool = services.get_or_create(Pool, key, Pool)
-            pool.max_idle = keepalive.max_idle
-            pool.idle_timeout = keepalive.idle_timeout
-            peer = services.get_or_create(Peer, key, partial(Peer, spec.url, spec.weight, pool))
-            peer.base_weight, peer.backup, peer.max_conns = spec.weight, spec.backup, spec.max_conns
+            peer = _peer(services, name, spec.url, spec.url, spec, upstream.keepalive)
             if upstream.breaker is None:
                 peer.breaker = None
             if upstream.outlier is None:
@@ -43,8 +51,20 @@ def build_upstreams(config: Config, services: Services) -> dict[str, UpstreamGro
             if upstream.health is None:
                 peer.active_ok = True
             peers.append(peer)
-        groups[name] = UpstreamGroup(name, upstream, peers)
-    return groups
+        group = groups[name] = UpstreamGroup(name, upstream, peers)
+        if upstream.discovery is not None:
+            discoveries.append(PeerDiscovery(name, upstream.peers, upstream.discovery, _adopt(services, group)))
+    return groups, discoveries
+
+
+def _adopt(services: Services, group: UpstreamGroup) -> Callable[[Sequence[Target]], None]:
+    def apply(targets: Sequence[Target]) -> None:
+        specs = {t.url: PeerSpec(url=t.url, weight=t.weight, backup=t.backup, max_conns=t.max_conns) for t in targets}
+        peers = [_peer(services, group.name, t.url, t.origin, specs[t.url], group.config.keepalive) for t in targets]
+        if any(not p.backup for p in peers):
+            group.set_peers(peers)
+
+    return apply
 
 
 def compile_route(
@@ -73,7 +93,7 @@ def compile_route(
 
 
 def build_runtime(config: Config, services: Services, watchdog: Watchdog, generation: int = 0) -> Runtime:
-    groups = build_upstreams(config, services)
+    groups, discoveries = build_upstreams(config, services)
     routes = [compile_route(r, config, groups, services) for r in config.routes]
     listeners: dict[str, ListenerRuntime] = {}
     for listener in config.listeners:
@@ -88,7 +108,9 @@ def build_runtime(config: Config, services: Services, watchdog: Watchdog, genera
         )
     stats = services.get_or_create(WorkerStats, "stats", WorkerStats)
     access_log = AccessLog(config.access_log.path, config.access_log.format) if config.access_log else None
-    return Runtime(config, listeners, groups, watchdog, stats, access_log, generation)
+    runtime = Runtime(config, listeners, groups, watchdog, stats, access_log, generation)
+    runtime.discoveries = discoveries
+    return runtime
 
 
 def filters_of(runtime: Runtime) -> list[object]:

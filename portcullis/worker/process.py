@@ -34,6 +34,8 @@ async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
     first = await channel.receive()
     if first is None or first.get("type") != "config":
         return 1
+    # relative paths in the config (certificates, peer files ...) are relative to the config file
+    os.chdir(first["base_dir"])
     config = _load(first)
     sockets = {name: socket.socket(fileno=fd) for name, fd in listeners.items()}
     worker = Worker(config, sockets)

@@ -18,6 +18,7 @@ from portcullis.observability.access_log import AccessLog
 from portcullis.observability.stats import WorkerStats
 
 if TYPE_CHECKING:
+    from portcullis.balancing.discovery import PeerDiscovery
     from portcullis.config.schema import Config
     from portcullis.engine.context import RequestContext
     from portcullis.engine.errors import ProxyError
@@ -64,6 +65,7 @@ class Runtime:
         self.access_log = access_log
         self.generation = generation
         self.retired = False
+        self.discoveries: list[PeerDiscovery] = []
         """A newer runtime serves new connections; this one's close after their current request."""
         self.request_id_header = server.request_id_header.encode()
         self.request_id_header_lower = self.request_id_header.lower()

@@ -46,6 +46,7 @@ class Worker:
         self.watchdog = Watchdog(loop)
         self.watchdog.start()
         self.runtime = build_runtime(self.config, self.services, self.watchdog, generation)
+        self._start_discovery(self.runtime)
         for listener in self.config.listeners:
             store = None
             if listener.tls is not None:
@@ -117,7 +118,10 @@ class Worker:
         assert self.watchdog is not None
         fresh = build_runtime(config, self.services, self.watchdog, generation)
         old, self.runtime, self.config = self.runtime, fresh, config
+        self._start_discovery(fresh)
         if old is not None:
+            for discovery in old.discoveries:
+                asyncio.get_running_loop().create_task(discovery.stop())
             old.retire()
             # its requests still in flight log to the current file (the retired log is closed, never flushed)
             old.access_log = fresh.access_log
@@ -131,13 +135,19 @@ class Worker:
         assert runtime is not None
         return runtime.stats.snapshot(runtime.gauges())
 
+    def _start_discovery(self, runtime: Runtime) -> None:
+        for discovery in runtime.discoveries:
+            discovery.start()
+
     def set_health(self, upstream: str, url: str, ok: bool, reason: str) -> None:
         """An active check result from the master."""
         runtime = self.runtime
         group = runtime.upstreams.get(upstream) if runtime is not None else None
-        peer = group.by_key.get(url) if group is not None else None
-        if group is not None and peer is not None:
-            group.set_active_health(peer, ok, reason)
+        if group is None:
+            return
+        for peer in group.peers:
+            if url in (peer.url, peer.origin):  # a host name's check stands for all its addresses
+                group.set_active_health(peer, ok, reason)
 
     def reopen_logs(self) -> None:
         if self.runtime is not None and self.runtime.access_log is not None:
