@@ -41,7 +41,7 @@ def test_peer_file_is_read_and_validated(tmp_path: Path) -> None:
         ("http://127.0.0.1:9001", 2, False), ("http://127.0.0.1:9002", 1, True),
     ]  # fmt: skip
     path.write_text("- {url: ftp://nope}\n")
-    with pytest.raises(ValueError, match="peers.yaml"):
+    with pytest.raises(ValueError, match=r"peers\.yaml"):
         read_peer_file(str(path))
 
 
