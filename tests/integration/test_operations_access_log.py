@@ -3,6 +3,7 @@ moved the file, and lines of requests that were in flight during a reload."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 from harness import Upstream, wait_until
 from ops_helpers import (
+    OpsProxy,
     OpsProxyFactory,
     Reply,
     new_connection_get,
@@ -63,13 +65,29 @@ def _json_lines(lines: list[str]) -> list[dict[str, Any]]:
     return docs
 
 
-def _has_ids(ids: set[str]) -> Callable[[list[str]], bool]:
-    return lambda lines: ids <= {json.loads(x).get("request_id") for x in lines if x.startswith("{")}
+def _ids_in(lines: list[str]) -> set[str]:
+    """The request ids of the lines (while polling: a line being written may be incomplete)."""
+    out = set()
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            out.add(json.loads(line).get("request_id"))
+    return out
 
 
-def test_json_lines_match_the_requests(factory: OpsProxyFactory, l_upstream: Upstream, workdir: Path) -> None:
+def _has_ids(ids: set[str], start: int = 0) -> Callable[[list[str]], bool]:
+    return lambda lines: ids <= _ids_in(lines[start:])
+
+
+@pytest.fixture(scope="module")
+def json_proxy(factory: OpsProxyFactory, l_upstream: Upstream, workdir: Path) -> tuple[OpsProxy, Path]:
+    """Two workers writing one JSON access log; shared by the tests below, each reading only its own lines."""
     log = workdir / "alog-json.log"
-    proxy = factory(_config(l_upstream, log, "json", workers=2))
+    return factory(_config(l_upstream, log, "json", workers=2)), log
+
+
+def test_json_lines_match_the_requests(json_proxy: tuple[OpsProxy, Path], l_upstream: Upstream) -> None:
+    proxy, log = json_proxy
+    start = len(read_lines(log))
     sent: list[tuple[str, str, str, str, int, Reply, dict[str, Any]]] = []
     # (method, path, query, route, status, reply, extra expectations)
     for i in range(30):
@@ -95,8 +113,8 @@ def test_json_lines_match_the_requests(factory: OpsProxyFactory, l_upstream: Ups
 
     ids = {s[5].headers["x-request-id"] for s in sent}
     assert len(ids) == 30
-    lines = wait_lines(log, _has_ids(ids), timeout=3.0)
-    docs = _json_lines(lines)
+    lines = wait_lines(log, _has_ids(ids, start), timeout=3.0)
+    docs = _json_lines(lines)[start:]
     by_id: dict[str, list[dict[str, Any]]] = {}
     for doc in docs:
         by_id.setdefault(doc["request_id"], []).append(doc)
@@ -156,12 +174,10 @@ def test_combined_format(factory: OpsProxyFactory, l_upstream: Upstream, workdir
     assert third["target"] == "/nowhere" and third["status"] == "404"
 
 
-def test_sigusr1_reopens_the_file_after_logrotate(
-    factory: OpsProxyFactory, l_upstream: Upstream, workdir: Path
-) -> None:
-    log = workdir / "alog-rotate.log"
-    rotated = workdir / "alog-rotate.log.1"
-    proxy = factory(_config(l_upstream, log, "json", workers=2))
+def test_sigusr1_reopens_the_file_after_logrotate(json_proxy: tuple[OpsProxy, Path]) -> None:
+    proxy, log = json_proxy
+    rotated = log.with_name(log.name + ".1")
+    start = len(read_lines(log))
 
     def send(tag: str, n: int) -> set[str]:
         ids = set()
@@ -172,7 +188,7 @@ def test_sigusr1_reopens_the_file_after_logrotate(
         return ids
 
     before = send("before", 20)
-    wait_lines(log, _has_ids(before), timeout=3.0)
+    wait_lines(log, _has_ids(before, start), timeout=3.0)
     os.rename(log, rotated)  # what logrotate does, then it signals the master
     moved = send("moved", 20)  # still written to the open (renamed) file
     proxy.signal(signal.SIGUSR1)
@@ -183,21 +199,19 @@ def test_sigusr1_reopens_the_file_after_logrotate(
     new_docs = _json_lines(new_lines)
     assert {d["request_id"] for d in new_docs} == after, "the new file has other lines than those sent after"
     assert len({d["request_id"][:12] for d in new_docs}) == 2, "both workers must reopen"
-    old_docs = _json_lines(read_lines(rotated))
+    old_docs = _json_lines(read_lines(rotated))[start:]
     assert {d["request_id"] for d in old_docs} == before | moved
     assert all(d["path"].startswith(("/echo/before/", "/echo/moved/")) for d in old_docs)
     assert proxy.alive()
 
 
-def test_requests_in_flight_during_a_reload_are_logged(
-    factory: OpsProxyFactory, l_upstream: Upstream, workdir: Path
-) -> None:
-    log = workdir / "alog-reload.log"
-    proxy = factory(_config(l_upstream, log, "json", workers=1))
+def test_requests_in_flight_during_a_reload_are_logged(json_proxy: tuple[OpsProxy, Path], l_upstream: Upstream) -> None:
+    proxy, log = json_proxy
+    target = "/slow-head/1.0?in-flight"
     result: list[Reply] = []
-    slow = threading.Thread(target=lambda: result.append(new_connection_get(f"{proxy.url}/slow-head/1.0")))
+    slow = threading.Thread(target=lambda: result.append(new_connection_get(f"{proxy.url}{target}")))
     slow.start()
-    assert wait_until(lambda: any(e.get("target") == "/slow-head/1.0" for e in l_upstream.log()), 3), (
+    assert wait_until(lambda: any(e.get("target") == target for e in l_upstream.log()), 3), (
         "the slow request did not reach the upstream"
     )
 
@@ -205,7 +219,7 @@ def test_requests_in_flight_during_a_reload_are_logged(
         cfg["routes"].insert(0, respond_route("late", "/late", "late\n"))
 
     proxy.rewrite(change)
-    proxy.reload_signal(2)
+    proxy.reload_signal(proxy.status()["generation"] + 1)
     slow.join(10)
     assert result and result[0].status_code == 200 and result[0].text == "slow head\n"
     late = new_connection_get(f"{proxy.url}/late")

@@ -25,9 +25,42 @@ def factory(workdir: Path) -> Iterator[OpsProxyFactory]:
         yield f
 
 
+class Startup:
+    """What /readyz said while the proxy started, and whether the listener served at its first 200."""
+
+    def __init__(self) -> None:
+        self.seen: list[int] = []
+        self.first_request: int | None = None
+
+
 @pytest.fixture(scope="module")
-def open_admin(factory: OpsProxyFactory, a_upstream: Upstream) -> OpsProxy:
-    return factory(ops_config(a_upstream, workers=2))
+def startup() -> Startup:
+    return Startup()
+
+
+@pytest.fixture(scope="module")
+def open_admin(factory: OpsProxyFactory, a_upstream: Upstream, startup: Startup) -> OpsProxy:
+    """Two workers, no token; /readyz is watched from the moment the process starts."""
+    proxy = factory(ops_config(a_upstream, workers=2), wait=False)
+    end = time.monotonic() + START_TIMEOUT
+    seen = startup.seen
+    while time.monotonic() < end and proxy.alive():
+        try:
+            code = httpx.get(proxy.admin_url + "/readyz", timeout=1).status_code
+        except httpx.TransportError:
+            code = 0  # the admin listener is not up yet
+        if not seen or seen[-1] != code:
+            seen.append(code)
+        if code == 200:
+            # ready means every worker serves: a request right now is answered
+            try:
+                startup.first_request = httpx.get(f"{proxy.url}/echo/ready", timeout=5).status_code
+            except httpx.TransportError:
+                startup.first_request = 0
+            break
+        time.sleep(0.01)
+    assert seen and seen[-1] == 200, f"never ready: {seen}\n{proxy.stderr()[-2000:]}"
+    return proxy
 
 
 @pytest.fixture(scope="module")
@@ -88,25 +121,10 @@ def test_config_endpoint_redacts_the_token(token_admin: OpsProxy) -> None:
     assert doc["listeners"][0]["listen"] == f"127.0.0.1:{token_admin.port}"
 
 
-def test_readyz_turns_200_only_once_the_workers_serve(factory: OpsProxyFactory, a_upstream: Upstream) -> None:
-    proxy = factory(ops_config(a_upstream, workers=2), wait=False)
-    seen: list[int] = []
-    end = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < end and proxy.alive():
-        try:
-            code = httpx.get(proxy.admin_url + "/readyz", timeout=1).status_code
-        except httpx.TransportError:
-            code = 0  # the admin listener is not up yet
-        if not seen or seen[-1] != code:
-            seen.append(code)
-        if code == 200:
-            # ready means every worker serves: a request right now is answered
-            r = httpx.get(f"{proxy.url}/echo/ready", timeout=5)
-            assert r.status_code == 200, r.text
-            break
-        time.sleep(0.01)
-    assert seen and seen[-1] == 200, f"never ready: {seen}\n{proxy.stderr()[-2000:]}"
-    assert set(seen) <= {0, 503, 200} and 503 in seen, f"expected 503 while the workers start: {seen}"
+def test_readyz_turns_200_only_once_the_workers_serve(open_admin: OpsProxy, startup: Startup) -> None:
+    seen = startup.seen
     print(f"/readyz sequence while starting: {seen}")
-    status = proxy.status()
+    assert set(seen) <= {0, 503, 200} and 503 in seen, f"expected 503 while the workers start: {seen}"
+    assert startup.first_request == 200, "/readyz said 200 before the listener served"
+    status = open_admin.status()
     assert len(status["workers"]) == 2 and all(w["generation"] == 1 for w in status["workers"]), status

@@ -17,6 +17,7 @@ import httpx
 import pytest
 from harness import RawConnection, Upstream, free_port, wait_until
 from ops_helpers import (
+    OpsProxy,
     OpsProxyFactory,
     new_connection_get,
     ops_config,
@@ -37,6 +38,21 @@ def r_upstream(make_upstream: Callable[[str], Upstream]) -> Upstream:
 def factory(workdir: Path) -> Iterator[OpsProxyFactory]:
     with ops_proxies(workdir, "ops-reload") as f:
         yield f
+
+
+@pytest.fixture(scope="module")
+def shared(factory: OpsProxyFactory, r_upstream: Upstream) -> OpsProxy:
+    """One worker, reloaded in place by several tests (each relative to the generation it finds)."""
+    return factory(
+        ops_config(r_upstream, workers=1, routes=[
+            respond_route("v1", "/version", "v1\n"),
+            {"name": "backend", "match": {"path_prefix": "/"}, "upstream": "main"},
+        ])
+    )  # fmt: skip
+
+
+def _reload(proxy: OpsProxy) -> dict[str, Any]:
+    return proxy.reload_signal(proxy.status()["generation"] + 1)
 
 
 def _add_route(name: str, body: str) -> Callable[[dict[str, Any]], None]:
@@ -123,20 +139,16 @@ def test_reloads_under_load_lose_no_request(factory: OpsProxyFactory, r_upstream
     assert metrics["portcullis_config_generation"][()] == 4
 
 
-def test_reload_keeps_the_upstream_connection_pool(
-    factory: OpsProxyFactory, make_upstream: Callable[[str], Upstream]
-) -> None:
-    up = make_upstream("pool")
-    proxy = factory(ops_config(up, workers=1))
-    with httpx.Client(base_url=proxy.url, timeout=10) as client:
+def test_reload_keeps_the_upstream_connection_pool(shared: OpsProxy, r_upstream: Upstream) -> None:
+    with httpx.Client(base_url=shared.url, timeout=10) as client:
         assert client.get("/echo/warm").status_code == 200
-    connections = up.stats()["connections"]
-    proxy.rewrite(_add_route("pooled", "x"))
-    proxy.reload_signal(2)
-    with httpx.Client(base_url=proxy.url, timeout=10) as client:
+    connections = r_upstream.stats()["connections"]
+    shared.rewrite(_add_route("pooled", "x"))
+    _reload(shared)
+    with httpx.Client(base_url=shared.url, timeout=10) as client:
         for i in range(5):
             assert client.get(f"/echo/after/{i}").status_code == 200
-    assert up.stats()["connections"] == connections == 1, "the reload dropped the warm upstream connection"
+    assert r_upstream.stats()["connections"] == connections, "the reload dropped the warm upstream connection"
 
 
 def _refused(port: int) -> bool:
@@ -174,15 +186,18 @@ def test_reload_that_moves_the_listener_starts_a_new_generation(factory: OpsProx
     assert proxy.alive()
 
 
-def test_broken_file_is_refused_and_the_old_config_serves(factory: OpsProxyFactory, r_upstream: Upstream) -> None:
-    proxy = factory(ops_config(r_upstream, workers=2, routes=[
-        respond_route("v1", "/version", "v1\n"),
-        {"name": "backend", "match": {"path_prefix": "/"}, "upstream": "main"},
-    ]))  # fmt: skip
+def test_broken_file_is_refused_and_the_old_config_serves(shared: OpsProxy) -> None:
+    proxy = shared
+    before = proxy.status()
+    gen, reloads, failures = before["generation"], before["reloads"], before["reload_failures"]
+    assert before["last_reload_error"] is None
+    failed_events = sum(1 for e in proxy.events() if e.get("event") == "reload_failed")
+    assert new_connection_get(f"{proxy.url}/version").text == "v1\n"
     good_text = proxy.config_path.read_text()
     # line 2 gets an unknown key; everything else is the running config with a changed answer
     broken = json.loads(good_text)
-    broken["routes"][0]["filters"][0]["body"] = "v2\n"
+    [v1] = [route for route in broken["routes"] if route["name"] == "v1"]
+    v1["filters"][0]["body"] = "v2\n"
     text = json.dumps(broken, indent=2)
     assert text.startswith("{\n")
     proxy.write_text('{\n  "bogus_key": 1,\n' + text[2:])
@@ -192,16 +207,16 @@ def test_broken_file_is_refused_and_the_old_config_serves(factory: OpsProxyFacto
     r = proxy.reload_api()
     assert r.status_code == 422, r.text
     doc = r.json()
-    assert doc["reloaded"] is False and doc["generation"] == 1, doc
+    assert doc["reloaded"] is False and doc["generation"] == gen, doc
     assert expected.match(doc["error"]), doc["error"]
 
     proxy.signal(signal.SIGHUP)
-    assert wait_until(lambda: proxy.status()["reload_failures"] == 2, 5), proxy.status()
+    assert wait_until(lambda: proxy.status()["reload_failures"] == failures + 2, 5), proxy.status()
     status = proxy.status()
-    assert status["generation"] == 1 and status["reloads"] == 0, status
+    assert status["generation"] == gen and status["reloads"] == reloads, status
     assert expected.match(status["last_reload_error"]), status["last_reload_error"]
-    assert all(w["generation"] == 1 for w in status["workers"]), status
-    failed = [e for e in proxy.events() if e.get("event") == "reload_failed"]
+    assert all(w["generation"] == gen for w in status["workers"]), status
+    failed = [e for e in proxy.events() if e.get("event") == "reload_failed"][failed_events:]
     assert len(failed) == 2 and all(expected.match(e["error"]) for e in failed), failed
 
     for _ in range(6):
@@ -210,23 +225,23 @@ def test_broken_file_is_refused_and_the_old_config_serves(factory: OpsProxyFacto
         assert new_connection_get(f"{proxy.url}/echo/still").status_code == 200
 
     metrics = proxy.metrics()
-    assert metrics["portcullis_reload_failures_total"][()] == 2
-    assert metrics["portcullis_reloads_total"][()] == 0
-    assert metrics["portcullis_config_generation"][()] == 1
+    assert metrics["portcullis_reload_failures_total"][()] == failures + 2
+    assert metrics["portcullis_reloads_total"][()] == reloads
+    assert metrics["portcullis_config_generation"][()] == gen
 
     # fixed: the next reload applies it and clears the error
     proxy.write_text(text)
     r = proxy.reload_api()
-    assert r.status_code == 200 and r.json()["generation"] == 2, r.text
+    assert r.status_code == 200 and r.json()["generation"] == gen + 1, r.text
     assert proxy.status()["last_reload_error"] is None
     for _ in range(6):
         assert new_connection_get(f"{proxy.url}/version").text == "v2\n"
 
 
-def test_keepalive_connections_of_the_old_generation(factory: OpsProxyFactory, r_upstream: Upstream) -> None:
+def test_keepalive_connections_of_the_old_generation(shared: OpsProxy) -> None:
     """After a reload an old keep-alive connection gets one more answer, marked `Connection: close`;
     one left idle is closed by the proxy soon after."""
-    proxy = factory(ops_config(r_upstream, workers=1))
+    proxy = shared
     host = b"Host: 127.0.0.1\r\n"
     with RawConnection(proxy.port) as busy, RawConnection(proxy.port) as idle:
         for conn in (busy, idle):
@@ -234,7 +249,7 @@ def test_keepalive_connections_of_the_old_generation(factory: OpsProxyFactory, r
             resp = conn.read_response()
             assert resp.status == 200 and resp.header("Connection") is None, resp
         proxy.rewrite(_add_route("next-gen", "new\n"))
-        proxy.reload_signal(2)
+        _reload(proxy)
         busy.send(b"GET /echo/after HTTP/1.1\r\n" + host + b"\r\n")
         resp = busy.read_response()
         assert resp.status == 200, resp
@@ -245,17 +260,15 @@ def test_keepalive_connections_of_the_old_generation(factory: OpsProxyFactory, r
     assert r.status_code == 200 and r.text == "new\n"
 
 
-def test_a_response_spanning_the_reload_then_its_idle_connection_closes(
-    factory: OpsProxyFactory, r_upstream: Upstream
-) -> None:
+def test_a_response_spanning_the_reload_then_its_idle_connection_closes(shared: OpsProxy) -> None:
     """The head went out before the reload (no `Connection: close` in it), so the proxy may not close
     right after the body; but the connection must not linger idle on the old generation either."""
-    proxy = factory(ops_config(r_upstream, workers=1))
+    proxy = shared
     with RawConnection(proxy.port, timeout=10) as conn:
         conn.send(b"GET /slow-body/1.5 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         assert wait_until(lambda: b"\r\n\r\n" in conn.buf or not conn.is_open(0.05), 5)
         proxy.rewrite(_add_route("span", "span\n"))
-        proxy.reload_signal(2)
+        _reload(proxy)
         resp = conn.read_response()
         assert resp.status == 200 and resp.body == b"0123456789abcdefghij", resp
         assert resp.header("Connection") is None, "the head was sent before the reload"
