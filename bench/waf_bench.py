@@ -31,7 +31,7 @@ from typing import Any
 
 import wrkload
 import yaml
-from procs import Managed, StartError, free_port
+from procs import CLOCK_TICKS, Managed, StartError, cpu_ticks, free_port, process_tree
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -115,7 +115,11 @@ def wait_port(port: int, timeout: float) -> None:
     raise StartError(f"nothing answers on port {port}")
 
 
-def wrk_run(wrk: str, port: int, workload: str, lua: Path, duration: int, connections: int) -> float:
+def proxy_ticks(proxy: Managed) -> int:
+    return sum(cpu_ticks(pid) for pid in process_tree(proxy.pid))
+
+
+def wrk_run(wrk: str, port: int, workload: str, lua: Path, duration: int, connections: int) -> tuple[float, int]:
     argv = [wrk, "-t1", f"-c{connections}", f"-d{duration}s", "--timeout=10s", "--latency",
             "-H", "User-Agent: waf-bench", "-H", "Accept: */*"]  # fmt: skip
     if workload == "post":
@@ -126,7 +130,7 @@ def wrk_run(wrk: str, port: int, workload: str, lua: Path, duration: int, connec
     result, _ = wrkload.run([*argv, url], duration)
     if result.errors:
         log(f"  wrk reported {result.errors} errors on {workload}@{port}")
-    return float(result.rps)
+    return float(result.rps), int(result.requests)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,21 +181,34 @@ def main(argv: list[str] | None = None) -> int:
             for name, ok in checks.items():
                 log(f"check: {name}: {'ok' if ok else 'FAILED'}")
             rates: dict[tuple[str, str], list[float]] = {}
+            cpu_us: dict[tuple[str, str], list[float]] = {}
             for round_no in range(args.rounds):
                 for workload in ("get", "post"):
                     order = [("plain", plain_port), ("waf", waf_port)]
                     if round_no % 2:
                         order.reverse()
                     for name, port in order:
-                        rps = wrk_run(wrk, port, workload, lua, args.duration, args.connections)
+                        before = proxy_ticks(proxy)
+                        rps, count = wrk_run(wrk, port, workload, lua, args.duration, args.connections)
+                        per_request = (proxy_ticks(proxy) - before) / CLOCK_TICKS / max(count, 1) * 1e6
                         rates.setdefault((workload, name), []).append(rps)
-                        log(f"round {round_no + 1} {workload:4s} {name:5s} {rps:9.0f} req/s")
+                        cpu_us.setdefault((workload, name), []).append(per_request)
+                        log(f"round {round_no + 1} {workload:4s} {name:5s} {rps:9.0f} req/s, {per_request:.1f} us CPU")
             print(f"\nWAF cost, CRS 3.3.4 paranoia 1, {args.rounds} round(s) of {args.duration}s, median req/s")
-            print(f"{'workload':10s} {'no WAF':>10s} {'WAF':>10s} {'ratio':>7s}")
+            print("(and the proxy's CPU time per request, which other load on the machine hardly moves)")
+            print(
+                f"{'workload':10s} {'no WAF':>10s} {'WAF':>10s} {'ratio':>7s}"
+                f" {'CPU us/req':>12s} {'WAF':>8s} {'ratio':>7s}"
+            )
             for workload in ("get", "post"):
                 plain = statistics.median(rates[(workload, "plain")])
                 waf = statistics.median(rates[(workload, "waf")])
-                print(f"{workload:10s} {plain:10.0f} {waf:10.0f} {waf / plain:7.3f}")
+                plain_cpu = statistics.median(cpu_us[(workload, "plain")])
+                waf_cpu = statistics.median(cpu_us[(workload, "waf")])
+                print(
+                    f"{workload:10s} {plain:10.0f} {waf:10.0f} {waf / plain:7.3f}"
+                    f" {plain_cpu:12.1f} {waf_cpu:8.1f} {plain_cpu / waf_cpu:7.3f}"
+                )
         finally:
             proxy.stop()
             upstream.stop()

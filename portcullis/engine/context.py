@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 class RequestContext:
     __slots__ = (
+        "body_pending",
         "bytes_in",
         "bytes_out",
         "client_cert",
@@ -97,6 +98,8 @@ class RequestContext:
         self.decision: str | None = None
         self.error: ProxyError | None = None
         self.vars: dict[str, Any] | None = None
+        self.body_pending = False
+        """A request body follows the head (set by the exchange; h2 may have no Content-Length)."""
         self.client_cert: ClientIdentity | None = None
         """The verified TLS client certificate (mTLS listeners), set by the connection."""
 

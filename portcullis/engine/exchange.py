@@ -46,6 +46,7 @@ class Exchange:
         "_buffered",
         "_conn",
         "_conn_reused",
+        "_early_body",
         "_group",
         "_head_only",
         "_holding",
@@ -92,6 +93,7 @@ class Exchange:
         self.req_length = req_length
         self.req_chunked = req_chunked
         self.req_done = not req_chunked and not req_length
+        ctx.body_pending = not self.req_done
         self.expect_continue = expect_continue
         self.upgrade = upgrade
         self.request_body_bytes = 0
@@ -101,6 +103,7 @@ class Exchange:
         self._resp_done = False
         self._head_only = ctx.method == "HEAD"
         self._holding = False
+        self._early_body: list[bytes] | None = None
         self._max_body = runtime.max_body
         self._body_buffer: list[bytes] | None = None
         self._buffered = 0
@@ -164,6 +167,18 @@ class Exchange:
     def _forward_or_hold(self) -> None:
         """Forward now, unless a filter inspects the whole body first (chain.holds_body)."""
         assert self.route is not None
+        early = self._early_body
+        self._early_body = None
+        if early is not None and self.route.chain.holds_body:
+            # body bytes that came before this exchange's turn (pipelining): the body filters
+            # see them now, before anything is forwarded
+            for chunk in early:
+                end = chunk == b""  # request_end's marker
+                for hook in self.route.chain.on_request_body:
+                    answer = hook(self.ctx, chunk, end)
+                    if answer is not None:
+                        self.respond(answer)
+                        return
         if self.route.chain.holds_body and not self.req_done:
             self._holding = True
             if self.expect_continue:
@@ -197,6 +212,10 @@ class Exchange:
                 if answer is not None:
                     self.respond(answer)
                     return
+        else:  # not this exchange's turn yet (pipelined): kept for the body filters
+            if self._early_body is None:
+                self._early_body = []
+            self._early_body.append(chunk)
         if self.finished:
             return
         data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.req_chunked else chunk
@@ -225,6 +244,10 @@ class Exchange:
                 if answer is not None:
                     self.respond(answer)
                     return
+        else:  # the end, replayed with the early chunks
+            if self._early_body is None:
+                self._early_body = []
+            self._early_body.append(b"")
         if self.req_chunked:
             end = b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers or ()) + b"\r\n"
             if self._conn is not None and self._body_buffer is None:

@@ -5,6 +5,7 @@ regression tests gets the same verdict through the proxy as from the engine dire
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,3 +125,43 @@ def test_crs_sample_same_verdict_through_the_proxy(proxy: Proxy) -> None:
     print(f"\nthrough the proxy: {agree}/{total} CRS cases with the engine's verdict")
     assert total > 100
     assert agree / total >= 0.95
+
+
+def test_pipelined_body_is_inspected_too(proxy: Proxy, upstream: Upstream) -> None:
+    """A body that arrives before its request's turn (pipelining) is still inspected."""
+    before = upstream.stats()
+    attack = b"q=1%27%20OR%20%271%27%3D%271"
+    first = b"GET /echo HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n"
+    second = (
+        b"POST /upload HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\nAccept: */*\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nContent-Length: %d\r\n\r\n%b" % (len(attack), attack)
+    )
+    with RawConnection(proxy.port) as conn:
+        conn.send(first + second)
+        assert conn.read_response().status == 200
+        assert conn.read_response("POST").status == 403
+    assert [r for r in upstream.log_since(before) if r.get("method") == "POST"] == []
+
+
+def test_h2_body_without_content_length_is_inspected(workdir: Path, upstream: Upstream) -> None:
+    """Over h2 a body may come without Content-Length: it is still held and inspected."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("h2")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))  # tls_support imports harness
+    from tls_support import ListenerProxy
+
+    p = ListenerProxy(_config(upstream, "block"), [{"name": "plain", "h2c": True}], workdir, "waf-h2")
+    try:
+        url = f"http://127.0.0.1:{p.ports['plain']}/upload"
+        headers = {"Content-Type": "application/x-www-form-urlencoded", "User-Agent": "t", "Accept": "*/*"}
+
+        def body(data: bytes) -> Iterator[bytes]:
+            yield data  # a generator: httpx sends no Content-Length
+
+        with httpx.Client(http1=False, http2=True, timeout=10) as client:
+            clean = client.post(url, content=body(b"a=hello"), headers=headers)
+            assert clean.status_code == 200 and clean.http_version == "HTTP/2"
+            attack = client.post(url, content=body(b"q=1%27%20OR%20%271%27%3D%271"), headers=headers)
+            assert attack.status_code == 403
+    finally:
+        p.stop()

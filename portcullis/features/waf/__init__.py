@@ -1,0 +1,1 @@
+"""Web application firewall: a SecLang (ModSecurity language) engine that runs the OWASP CRS."""

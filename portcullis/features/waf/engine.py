@@ -60,19 +60,74 @@ class Evaluator:
                 entry.id, entry.tags
             ):
                 continue
+            if entry.fast_tx is not None:
+                verdict = _tx_may_match(txn, entry.fast_tx)
+                if verdict is False:
+                    continue
+                if verdict is True and entry.fast_pure and entry.disruptive not in ("deny", "drop", "allow"):
+                    if entry.skip_after:
+                        i = markers.get(entry.skip_after, n)
+                    elif entry.skip:
+                        i = min(n, i + entry.skip)
+                    continue
+                if verdict is True and entry.chained is None and not entry.capture:
+                    self._fast_match(txn, entry)
+                    entry_matched = True
+                else:
+                    entry_matched = self._rule(txn, entry)
+                if not entry_matched:
+                    continue
+                if self._after_match(txn, entry):
+                    return
+                if entry.skip_after:
+                    i = markers.get(entry.skip_after, n)
+                elif entry.skip:
+                    i = min(n, i + entry.skip)
+                continue
+            if (
+                entry.prefilter >= 0
+                and entry.target_key is not None
+                and not txn.removed_targets
+                and not txn.removed_targets_by_tag
+            ):
+                union = txn.prefilter_union.get((entry.target_key, entry.pipeline))
+                if union is not None and entry.prefilter not in union:
+                    continue  # the prefilter already ruled this pattern out for these values
             if not self._rule(txn, entry):
                 continue
-            if entry.disruptive in ("deny", "drop") and txn.rule_engine != "detectiononly":
-                txn.disruptive = self._match_record(txn, entry)
-                return
-            if entry.disruptive == "allow":
-                if entry.allow_scope != "phase":
-                    txn.allowed = True
+            if self._after_match(txn, entry):
                 return
             if entry.skip_after:
                 i = markers.get(entry.skip_after, n)
             elif entry.skip:
                 i = min(n, i + entry.skip)
+
+    def _after_match(self, txn: Transaction, entry: Rule) -> bool:
+        """The disruptive action of a matched rule; True: stop the phase."""
+        if entry.disruptive in ("deny", "drop") and txn.rule_engine != "detectiononly":
+            txn.disruptive = self._match_record(txn, entry)
+            return True
+        if entry.disruptive == "allow":
+            if entry.allow_scope != "phase":
+                txn.allowed = True
+            return True
+        return False
+
+    def _fast_match(self, txn: Transaction, rule: Rule) -> None:
+        """A `TX:key "@op N"` rule known to match: its actions, without the general machinery."""
+        assert rule.fast_tx is not None
+        key = rule.fast_tx[0]
+        if key[0] == "&":
+            name, value = "TX", "1" if key[1:] in txn.tx else "0"
+        else:
+            name, value = f"TX:{key}", txn.tx.get(key, "")
+        txn.rule_id, txn.rule_severity, txn.rule_msg = rule.id, rule.severity, rule.msg
+        txn.matched_vars = [(name, value)]
+        txn.matched_var, txn.matched_var_name = value, name
+        self._actions(txn, rule)
+        if rule.msg:
+            txn.rule_msg = txn.expand(rule.msg)
+            txn.matches.append(self._match_record(txn, rule))
 
     def _match_record(self, txn: Transaction, rule: Rule) -> Match:
         return Match(rule.id, txn.expand(rule.msg), rule.severity, txn.matched_var_name, txn.matched_var, rule.tags)
@@ -194,6 +249,30 @@ class Evaluator:
             txn.rule_engine = value.lower()
         elif name == "requestbodyprocessor":
             txn.body_processor = value.upper()
+
+
+_NUMERIC = {
+    "eq": lambda a, b: a == b,
+    "lt": lambda a, b: a < b,
+    "le": lambda a, b: a <= b,
+    "gt": lambda a, b: a > b,
+    "ge": lambda a, b: a >= b,
+}
+
+
+def _tx_may_match(txn: Transaction, fast: tuple[str, str, int]) -> bool | None:
+    """`TX:key "@op N"`: False when it cannot match, True when it does, None: ask the operator."""
+    key = fast[0]
+    if key[0] == "&":
+        return bool(_NUMERIC[fast[1]](1 if key[1:] in txn.tx else 0, fast[2]))
+    value = txn.tx.get(key)
+    if value is None:
+        return False
+    try:
+        number = int(value)
+    except ValueError:
+        return None  # the operator parses a leading number
+    return bool(_NUMERIC[fast[1]](number, fast[2]))
 
 
 def _hits(txn: Transaction, link: Rule, value: str, db: object) -> set[int]:

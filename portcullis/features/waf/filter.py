@@ -79,9 +79,7 @@ class WafAction(Filter):
             self.waf.phase(txn, 1)
             if txn.disruptive is not None:
                 return self._verdict(ctx, txn)
-        length = ctx.header(b"content-length")
-        has_body = ctx.header(b"transfer-encoding") is not None or (length is not None and length.strip() != b"0")
-        if not has_body:
+        if not ctx.body_pending:
             return self._finish(ctx, txn, b"")
         if ctx.vars is None:
             ctx.vars = {}

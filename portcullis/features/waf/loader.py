@@ -146,11 +146,14 @@ class Waf:
 def describe(txn: Transaction) -> str:
     """`blocked by 942100 (SQL Injection ...), score 5`: the first scoring rule names the block."""
     score = txn.tx.get("anomaly_score") or txn.tx.get("blocking_inbound_anomaly_score") or "0"
-    culprit: Match | None = None
-    for m in txn.matches:
-        if m.rule_id and not (949000 <= m.rule_id < 950000 or 959000 <= m.rule_id < 960000 or m.rule_id >= 980000):
-            culprit = m
-            break
+    scoring = [
+        m
+        for m in txn.matches
+        if m.rule_id and not (949000 <= m.rule_id < 950000 or 959000 <= m.rule_id < 960000 or m.rule_id >= 980000)
+    ]
+    critical = [m for m in scoring if m.severity == "CRITICAL"]
+    chosen = critical or scoring
+    culprit: Match | None = chosen[0] if chosen else None
     if culprit is None:
         culprit = txn.disruptive
     if culprit is None:

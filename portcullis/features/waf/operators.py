@@ -43,11 +43,11 @@ class Operator:
 def compile_regex(pattern: str) -> Any:
     """ModSecurity compiles with DOTALL; Python's `re` first, the PCRE-closer `regex` as a fallback."""
     try:
-        return re.compile(pattern, re.S)
+        return re.compile(pattern, re.S | re.A)  # as PCRE without UCP: ASCII classes
     except (re.error, OverflowError, RecursionError):
         pass
     try:
-        return _regex.compile(pattern.replace("\\z", "\\Z"), _regex.S | _regex.V0)
+        return _regex.compile(pattern.replace("\\z", "\\Z"), _regex.S | _regex.A | _regex.V0)
     except Exception as exc:  # regex raises its own error type
         raise OperatorError(f"invalid regular expression {pattern!r}: {exc}") from None
 

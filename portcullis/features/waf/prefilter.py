@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from portcullis.features.waf.operators import Rx
+from portcullis.features.waf.operators import Pm, Rx
 from portcullis.features.waf.ruleset import Rule, RuleSet
 
 try:
@@ -21,6 +21,15 @@ except ImportError:  # pragma: no cover - optional accelerator
     HAVE_HYPERSCAN = False
 
 _BAD_INDEX = re.compile(r"Expression (?:number )?(\d+)")
+
+# hyperscan 5.4 (the PyPI wheel) misses some matches of `.+` followed later by `\s*`, e.g.
+# `@.+=\s*\(` on `@` + 70 bytes + `=(`: such patterns are left out of the prefilter (their
+# rules always run the regex), so the prefilter can never hide a match.
+_RISKY = re.compile(r"\.[+*{].*\\s[*?{]", re.S)
+
+
+def _literal(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else f"\\x{ord(c):02x}" for c in text)
 
 
 def _links(ruleset: RuleSet) -> list[Rule]:
@@ -51,25 +60,52 @@ def _compile(patterns: list[bytes]) -> tuple[Any, list[int]]:
             return db, kept
         except hyperscan.error as exc:
             m = _BAD_INDEX.search(str(exc))
-            if not m:
+            if m:
+                del kept[int(m.group(1))]
+                continue
+            kept = [i for i in kept if _compiles(patterns[i], flags)]
+            if not kept:
+                break
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            try:
+                db.compile(expressions=[patterns[i] for i in kept], ids=kept, elements=len(kept),
+                           flags=[flags] * len(kept))  # fmt: skip
+            except hyperscan.error:
                 return None, []
-            del kept[int(m.group(1))]
+            return db, kept
     return None, []
+
+
+def _compiles(pattern: bytes, flags: int) -> bool:
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    try:
+        db.compile(expressions=[pattern], ids=[0], elements=1, flags=[flags])
+    except hyperscan.error:
+        return False
+    return True
 
 
 def build_prefilters(ruleset: RuleSet) -> None:
     if not HAVE_HYPERSCAN:
         return
     by_pipeline: dict[int, list[Rule]] = {}
+    sources: dict[int, str] = {}
     for link in _links(ruleset):
-        if isinstance(link.operator, Rx) and not link.negated and not link.multimatch:
-            pattern = link.operator.pattern or ""
-            if pattern.isascii():
-                by_pipeline.setdefault(link.pipeline, []).append(link)
-    for pipeline, links in by_pipeline.items():
-        if len(links) < 2:
+        if link.negated or link.multimatch:
             continue
-        patterns = [(link.operator.pattern or "").encode("ascii") for link in links]
+        pattern = ""
+        if isinstance(link.operator, Rx):
+            pattern = link.operator.pattern or ""
+            if _RISKY.search(pattern):
+                continue
+        elif isinstance(link.operator, Pm) and link.operator.phrases:
+            # a phrase set is a caseless alternation of literals
+            pattern = "(?i)(?:" + "|".join(_literal(p) for p in link.operator.phrases) + ")"
+        if pattern and pattern.isascii():
+            sources[id(link)] = pattern
+            by_pipeline.setdefault(link.pipeline, []).append(link)
+    for pipeline, links in by_pipeline.items():
+        patterns = [sources[id(link)].encode("ascii") for link in links]
         db, kept = _compile(patterns)
         if db is None:
             continue

@@ -64,6 +64,8 @@ class Rule:
     chained: Rule | None = None
     prefilter: int = -1  # index in the pipeline's prefilter database, -1: none
     target_key: int | None = None  # names targets + exclusions, when their values are static
+    fast_tx: tuple[str, str, int] | None = None  # `(&)TX:key "@op N"`: ((&)key, op, N), a quick verdict
+    fast_pure: bool = False  # fast_tx, and nothing but flow control (skipAfter ...) when it matches
 
 
 # variables whose values change while rules run: never cached per request
@@ -287,6 +289,19 @@ class _Compiler:
         if not any(t.collection in DYNAMIC or t.collection.startswith("TIME") for t in targets):
             key = (tuple(targets), tuple(exclusions))
             rule.target_key = self.target_keys.setdefault(key, len(self.target_keys))
+        arg = spec.operator_arg.strip()
+        if (
+            len(targets) == 1
+            and targets[0].collection == "TX"
+            and targets[0].key is not None
+            and not exclusions
+            and not funcs
+            and not spec.operator_negated
+            and spec.operator in ("eq", "lt", "le", "gt", "ge")
+            and arg.lstrip("-").isdigit()
+        ):
+            rule.fast_tx = (("&" if targets[0].count else "") + targets[0].key, spec.operator, int(arg))
+            rule.fast_pure = not (setvars or ctls or msg or capture or spec.chained is not None)
         if spec.chained is not None:
             rule.chained = self.rule(spec.chained, rule)
         return rule

@@ -29,51 +29,38 @@ def uppercase(v: str) -> str:
     return v.upper() if v.isascii() else "".join(c.upper() if c < "\x80" else c for c in v)
 
 
+_PCT = re.compile(r"%([0-9a-fA-F]{2})")
+_PCT_UNI = re.compile(r"%(?:[uU]([0-9a-fA-F]{4})|([0-9a-fA-F]{2}))")
+
+
+def _pct(m: re.Match[str]) -> str:
+    return chr(int(m.group(1), 16))
+
+
+def _pct_uni(m: re.Match[str]) -> str:
+    wide = m.group(1)
+    if wide is None:
+        return chr(int(m.group(2), 16))
+    code = int(wide, 16)
+    return chr(code - 0xFEE0) if 0xFF01 <= code <= 0xFF5E else chr(code & 0xFF)
+
+
 def url_decode(v: str) -> str:
     """%XX and `+` decoding; invalid encodings are left as they are."""
-    if "%" not in v and "+" not in v:
+    if "+" in v:
+        v = v.replace("+", " ")
+    if "%" not in v:
         return v
-    out: list[str] = []
-    i, n = 0, len(v)
-    while i < n:
-        c = v[i]
-        if c == "%" and i + 2 < n + 0 and _is_hex(v[i + 1 : i + 2]) and _is_hex(v[i + 2 : i + 3]):
-            out.append(chr(int(v[i + 1 : i + 3], 16)))
-            i += 3
-            continue
-        out.append(" " if c == "+" else c)
-        i += 1
-    return "".join(out)
+    return _PCT.sub(_pct, v)
 
 
 def url_decode_uni(v: str) -> str:
     """Like urlDecode, plus the IIS `%uXXXX` form (the low byte is kept, full-width ASCII mapped)."""
-    if "%" not in v and "+" not in v:
+    if "+" in v:
+        v = v.replace("+", " ")
+    if "%" not in v:
         return v
-    out: list[str] = []
-    i, n = 0, len(v)
-    while i < n:
-        c = v[i]
-        if c == "%":
-            if (
-                i + 5 < n
-                and v[i + 1] in "uU"
-                and all(_is_hex(x) for x in v[i + 2 : i + 6])
-            ):
-                code = int(v[i + 2 : i + 6], 16)
-                if 0xFF01 <= code <= 0xFF5E:
-                    out.append(chr(code - 0xFEE0))
-                else:
-                    out.append(chr(code & 0xFF))
-                i += 6
-                continue
-            if i + 2 < n and _is_hex(v[i + 1]) and _is_hex(v[i + 2]):
-                out.append(chr(int(v[i + 1 : i + 3], 16)))
-                i += 3
-                continue
-        out.append(" " if c == "+" else c)
-        i += 1
-    return "".join(out)
+    return _PCT_UNI.sub(_pct_uni, v)
 
 
 _ENTITY = re.compile(r"&(?:#[xX]([0-9a-fA-F]+);?|#([0-9]+);?|([a-zA-Z][a-zA-Z0-9]*);)")

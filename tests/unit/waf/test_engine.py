@@ -208,3 +208,25 @@ def test_prefilter_keeps_results() -> None:
     found = [m.rule_id for m in waf.evaluate(req("/?a=xNEEDLE7x&b=needle12")).matches]
     assert found == [1, 7, 12]  # needle1 is in needle12
     assert waf.evaluate(req("/?a=clean")).matches == []
+
+
+def test_prefilter_never_hides_a_match_hyperscan_misses() -> None:
+    # hyperscan 5.4 misses `@.+=\s*\(` on a long subject: such patterns stay out of the prefilter
+    rules = "\n".join(
+        [
+            'SecRule ARGS "@rx @.+=\\s*\\(" "id:1,phase:2,pass,t:none,msg:risky"',
+            'SecRule ARGS "@rx zzz" "id:2,phase:2,pass,t:none,msg:plain"',
+        ]
+    )
+    waf = Waf.from_text(rules)
+    assert waf.ruleset.rules_by_id[1].prefilter == -1
+    assert waf.ruleset.rules_by_id[2].prefilter >= 0
+    value = "%40" + "x" * 70 + "%3D%28"
+    assert [m.rule_id for m in waf.evaluate(req(f"/?a={value}")).matches] == [1]
+
+
+def test_pm_joins_the_prefilter() -> None:
+    waf = Waf.from_text('SecRule ARGS "@pm evil.com bad-word" "id:1,phase:2,pass,t:none,t:lowercase,msg:pm"')
+    assert waf.ruleset.rules_by_id[1].prefilter >= 0
+    assert [m.rule_id for m in waf.evaluate(req("/?a=see+EVIL.COM")).matches] == [1]
+    assert waf.evaluate(req("/?a=evilXcom")).matches == []

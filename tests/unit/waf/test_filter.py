@@ -33,7 +33,7 @@ def waf(**extra: Any) -> WafAction:
 def ctx(
     target: bytes = b"/", method: str = "GET", headers: list[tuple[bytes, bytes]] | None = None
 ) -> RequestContext:
-    return RequestContext(
+    c = RequestContext(
         method=method,
         target=target,
         headers=[(b"Host", b"example.com"), *(headers or [])],
@@ -45,6 +45,8 @@ def ctx(
         listener="web",
         started=0.0,
     )
+    c.body_pending = any(k == b"Content-Length" and v != b"0" for k, v in headers or ())  # the exchange sets it
+    return c
 
 
 def test_config_union_and_defaults() -> None:
