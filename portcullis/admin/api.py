@@ -12,6 +12,7 @@ from portcullis.config.schema import Admin
 from portcullis.config.units import parse_address
 from portcullis.http.simple_server import SimpleRequest, SimpleResponse, start_simple_server
 from portcullis.observability.metrics import render
+from portcullis.tls.store import describe_files, expiry_metrics
 
 if TYPE_CHECKING:
     from portcullis.supervisor.master import Master
@@ -57,7 +58,7 @@ class AdminAPI:
             return SimpleResponse(200 if ready else 503, b"ready\n" if ready else b"not ready\n", "text/plain")
         if path == "/metrics":
             snapshots = await master.collect_stats()
-            body = render(snapshots, self._master_counters())
+            body = render(snapshots, self._master_counters()) + expiry_metrics(master.config.listeners)
             return SimpleResponse(200, body, "text/plain; version=0.0.4; charset=utf-8")
         if path == "/api/reload":
             if method != "POST":
@@ -121,7 +122,7 @@ class AdminAPI:
     def listeners(self) -> list[dict[str, Any]]:
         out = []
         for lst in self.master.config.listeners:
-            certs = [{"cert": c.cert} for c in lst.tls.certificates] if lst.tls else []
+            certs = describe_files(lst.tls, lst.name) if lst.tls else []  # names, expiry, as on disk now
             out.append({"name": lst.name, "listen": lst.listen, "tls": lst.tls is not None, "certificates": certs})
         return out
 

@@ -131,6 +131,11 @@ def _tls_file_issues(config: Config, locations: Locations, base_dir: str) -> lis
             files += [((*base, "cert"), cert.cert), ((*base, "key"), cert.key)]
         if listener.tls.client_auth is not None:
             files.append((("listeners", i, "tls", "client_auth", "ca"), listener.tls.client_auth.ca))
+    for name, upstream in config.upstreams.items():
+        for key in ("ca", "cert", "key"):
+            value = getattr(upstream.tls, key, None) if upstream.tls is not None else None
+            if value is not None:
+                files.append((("upstreams", name, "tls", key), value))
     issues = []
     for path, name in files:
         problem = _file_problem(name, base_dir)

@@ -119,9 +119,27 @@ class Hsts(Strict):
     preload: bool = False
 
 
+class Acme(Strict):
+    directory: str
+    """The ACME server's directory URL, e.g. https://acme-v02.api.letsencrypt.org/directory."""
+    email: str | None = None
+    domains: list[Annotated[str, AfterValidator(str.lower)]] = Field(min_length=1)
+    storage: str = "acme"
+    """Directory for the account key, the certificates and pending HTTP-01 challenges."""
+    ca_bundle: str | None = None
+    """CA bundle to verify the ACME server with (default: the system's)."""
+    renew_before: Duration = 30 * 86400.0
+    check_interval: Duration = 12 * 3600.0
+    retry_after: Duration = 60.0
+    """First wait after a failure; doubled after each one, up to an hour."""
+
+
 class ListenerTls(Strict):
-    certificates: list[Certificate] = Field(min_length=1)
-    """The first one is the default (clients without SNI, or names no certificate covers)."""
+    certificates: list[Certificate]
+    """The first one is the default (clients without SNI, or names no certificate covers).
+    Required unless `acme` is set."""
+    acme: Acme | None = None
+    """Obtain and renew a certificate automatically (served after `certificates`)."""
     client_auth: ClientAuth | None = None
     min_version: Literal["1.2", "1.3"] = "1.2"
     ciphers: str | None = None
@@ -131,6 +149,19 @@ class ListenerTls(Strict):
     hsts: Hsts | None = None
     http2: bool = True
     """Offer h2 by ALPN."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _acme_only(cls, data: object) -> object:
+        if isinstance(data, dict) and "certificates" not in data and data.get("acme") is not None:
+            return {**data, "certificates": []}
+        return data
+
+    @model_validator(mode="after")
+    def _some_certificate(self) -> ListenerTls:
+        if not self.certificates and self.acme is None:
+            raise ValueError("a TLS listener needs certificates or acme")
+        return self
 
 
 class Listener(Strict):

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, cast
 
 from portcullis.engine.messages import Headers
 from portcullis.http.h1 import RequestHead
-from portcullis.server.h1 import H1Connection
+from portcullis.server.h1 import H1Connection, status_line
+from portcullis.tls.acme import read_challenge
 from portcullis.tls.certs import ClientIdentity
 
 if TYPE_CHECKING:
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _HSTS = b"strict-transport-security"
+_ACME_PREFIX = b"/.well-known/acme-challenge/"
 
 
 def _header_safe(value: str) -> bytes:
@@ -42,6 +44,8 @@ class ListenerEdge:
     h2: bool
     """TLS: offer h2 by ALPN; plain: accept prior-knowledge h2c."""
     mtls: bool
+    acme_dirs: tuple[str, ...] = ()
+    """Plain listeners: where pending ACME HTTP-01 answers are (served before anything else)."""
 
     def with_identity(self, headers: Headers, ident: ClientIdentity | None) -> Headers:
         """Remove the identity headers the client sent itself; add the verified ones."""
@@ -67,7 +71,9 @@ class ListenerEdge:
         return self.store.identity(sslobj.getpeercert(binary_form=True))
 
 
-def build_edge(listener: Listener, server: Server, store: CertificateStore | None) -> ListenerEdge:
+def build_edge(
+    listener: Listener, server: Server, store: CertificateStore | None, acme_dirs: tuple[str, ...] = ()
+) -> ListenerEdge:
     tls = listener.tls
     hsts = None
     idents: list[tuple[bytes, str]] = []
@@ -97,12 +103,13 @@ def build_edge(listener: Listener, server: Server, store: CertificateStore | Non
         redirect_port=listener.https_port if listener.redirect_https else None,
         h2=tls.http2 if tls is not None else listener.h2c,
         mtls=mtls,
+        acme_dirs=acme_dirs if tls is None else (),
     )
 
 
 def needs_edge(edge: ListenerEdge) -> bool:
     """Whether the listener needs more than the plain HTTP/1.1 connection."""
-    return bool(edge.hsts or edge.strip or edge.mtls or edge.redirect_port is not None)
+    return bool(edge.hsts or edge.strip or edge.mtls or edge.redirect_port is not None or edge.acme_dirs)
 
 
 class EdgeH1Connection(H1Connection):
@@ -120,6 +127,11 @@ class EdgeH1Connection(H1Connection):
 
     def request_head(self, head: RequestHead) -> None:
         edge = self._edge
+        if edge.acme_dirs and head.target.startswith(_ACME_PREFIX):
+            answer = read_challenge(edge.acme_dirs, head.target[len(_ACME_PREFIX) :])
+            if answer is not None:
+                self._answer_and_close(200, b"Content-Type: application/octet-stream\r\n", answer, head.method)
+                return
         if edge.redirect_port is not None:
             self._redirect(head, edge.redirect_port)
             return
@@ -140,14 +152,15 @@ class EdgeH1Connection(H1Connection):
         authority = host if port == 443 else f"{host}:{port}"
         target = head.target if head.target.startswith(b"/") else b"/"
         location = b"https://" + authority.encode("latin-1") + target
-        out = (
-            b"HTTP/1.1 308 Permanent Redirect\r\nLocation: " + location
-            + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-        )  # fmt: skip
-        self._runtime.stats.request("", head.method, 308, 0.0)
+        self._answer_and_close(308, b"Location: " + location + b"\r\n", b"", head.method)
+
+    def _answer_and_close(self, status: int, fields: bytes, body: bytes, method: str) -> None:
+        """A response of the listener itself (never an upstream's), then the connection ends."""
+        out = status_line(status) + fields + b"Content-Length: %d\r\nConnection: close\r\n\r\n" % len(body)
+        self._runtime.stats.request("", method, status, 0.0)
         self.stop_parsing()
         if self.transport is not None:
-            self.transport.write(out)
+            self.transport.write(out + (b"" if method == "HEAD" else body))
         self._close()
 
 
@@ -206,12 +219,23 @@ class AlpnDispatch(_Dispatch):
 
 
 class PrefaceDispatch(_Dispatch):
-    """Plain listener with h2c: the first bytes tell the HTTP/2 connection preface from HTTP/1.1."""
+    """Plain listener with h2c: the first bytes tell the HTTP/2 connection preface from HTTP/1.1.
+    A client that sends nothing for FIRST_BYTES_TIMEOUT seconds is disconnected (the codecs'
+    own timeouts start once one of them has the connection)."""
 
-    __slots__ = ()
+    __slots__ = ("_timer",)
+    FIRST_BYTES_TIMEOUT = 10.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
+        self._timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
+            self.FIRST_BYTES_TIMEOUT, transport.close
+        )
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -221,6 +245,9 @@ class PrefaceDispatch(_Dispatch):
         if len(buf) < len(H2_PREFACE) and H2_PREFACE.startswith(buf):
             self._buf = buf
             return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._buf = b""
         self._hand_over(self._make_h2() if buf.startswith(H2_PREFACE) else self._make_h1())
         assert self._inner is not None

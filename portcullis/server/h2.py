@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 from typing import TYPE_CHECKING, cast
 
 import h2.config
@@ -21,10 +22,13 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
+import hpack
 
 from portcullis.engine.context import RequestContext
+from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.exchange import Exchange
 from portcullis.engine.messages import Headers
+from portcullis.server.hpack_static import StaticEncoder
 
 if TYPE_CHECKING:
     from portcullis.config.schema import Http2
@@ -36,6 +40,8 @@ _CONNECTION_SPECIFIC = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
 _HSTS = b"strict-transport-security"
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_TARGET_CHARS = bytes(range(0x21, 0x7F))  # a request target: visible ASCII, no space
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
 
 
@@ -52,6 +58,7 @@ class H2Stream:
         "ended",
         "exchange",
         "held",
+        "last_data",
         "paused",
         "remote_ended",
         "req_trailers",
@@ -69,6 +76,7 @@ class H2Stream:
         self.done = False  # the exchange has finished with us
         self.paused = False  # the exchange wants no more request body for now
         self.held = 0  # request body bytes received but not yet acknowledged
+        self.last_data = conn.now()
         self.req_trailers: Headers | None = None
         self._pending: collections.deque[bytes] = collections.deque()
         self._end_pending = False
@@ -84,7 +92,7 @@ class H2Stream:
         seen_hsts = False
         for name, value in headers:
             lname = name.lower()
-            if lname in _CONNECTION_SPECIFIC:
+            if lname in _CONNECTION_SPECIFIC or lname[:1] == b":":
                 continue
             if lname == _HSTS:
                 seen_hsts = True
@@ -131,7 +139,9 @@ class H2Stream:
         conn = self.conn
         try:
             if trailers:
-                clean = [(n.lower(), v) for n, v in trailers if n.lower() not in _CONNECTION_SPECIFIC]
+                clean = [
+                    (n.lower(), v) for n, v in trailers if n.lower() not in _CONNECTION_SPECIFIC and n[:1] != b":"
+                ]
                 conn.h2.send_headers(self.stream_id, clean, end_stream=True)
             else:
                 conn.h2.end_stream(self.stream_id)
@@ -250,8 +260,14 @@ class H2Connection(asyncio.Protocol):
         self.edge = edge
         self.hsts = edge.hsts if edge is not None else None
         settings: Http2 = runtime.config.server.http2
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+        # inbound heads are validated by h2 (malformed requests are refused); outbound ones are
+        # built here from already-clean fields: lower-case, no connection-specific field
+        config = h2.config.H2Configuration(
+            client_side=False, header_encoding=None, validate_outbound_headers=False,
+            normalize_outbound_headers=False, normalize_inbound_headers=False,  # (cookies are joined here)
+        )  # fmt: skip
         conn = self.h2 = h2.connection.H2Connection(config=config)
+        conn.encoder = StaticEncoder()  # type: ignore[assignment]
         conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -303,8 +319,12 @@ class H2Connection(asyncio.Protocol):
             return
         try:
             events = self.h2.receive_data(data)
-        except h2.exceptions.ProtocolError:
-            # h2 has queued the GOAWAY with the right error code
+        except h2.exceptions.ProtocolError as exc:
+            # h2 has queued the GOAWAY with the error code
+            if isinstance(exc.__cause__, hpack.HPACKError) and not isinstance(
+                exc, h2.exceptions.DenialOfServiceError
+            ):
+                self._compression_error()
             self.write_out()
             self._close()
             return
@@ -344,6 +364,20 @@ class H2Connection(asyncio.Protocol):
         if not self.streams:
             self._goaway()
             self._close()
+            return
+        # request bodies that stalled longer than client_body: 408 (or a reset if the answer began)
+        runtime = self._runtime
+        now, limit = runtime.watchdog.now, runtime.client_body_timeout
+        waiting = [s for s in self.streams.values() if not s.remote_ended and not s.done]
+        for stream in waiting:
+            if now - stream.last_data >= limit and stream.exchange is not None:
+                stream.exchange.fail(ProxyError(ErrorKind.CLIENT_TIMEOUT, "request body stalled"))
+        self.write_out()
+        receiving = [s.last_data for s in self.streams.values() if not s.remote_ended and not s.done]
+        self.deadline = min(receiving) + limit if receiving else 0.0
+
+    def now(self) -> float:
+        return self._runtime.watchdog.now
 
     # ================================================================== events
     def _event(self, ev: h2.events.Event) -> None:
@@ -420,15 +454,28 @@ class H2Connection(asyncio.Protocol):
         if not path or method == b"CONNECT":
             self.reset_id(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
+        # what h2 accepts but an HTTP/1.1 request line or field name cannot carry (RFC 9113 8.3.1,
+        # RFC 9110 5.1): refused here, so nothing ambiguous reaches an upstream
+        if (
+            not method
+            or method.translate(None, _TOKEN_CHARS)
+            or path.translate(None, _TARGET_CHARS)
+            or any(name.translate(None, _TOKEN_CHARS) for name, _ in headers)
+        ):
+            self.reset_id(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+            return
         if cookies:
             headers.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 8.2.3
         if authority and not has_host:
             headers.append((b"host", authority))
+        edge = self.edge
+        if edge is not None and edge.strip:
+            headers = edge.with_identity(headers, self.client_cert)
         ended = ev.stream_ended is not None
         stream = H2Stream(self, stream_id, self.trusted)
         self.streams[stream_id] = stream
-        self.deadline = 0.0
         runtime = self._runtime
+        self.deadline = runtime.watchdog.now + runtime.client_body_timeout  # see on_deadline
         listener = self._listener
         host = self._host_name(authority)
         ctx = RequestContext(
@@ -459,6 +506,7 @@ class H2Connection(asyncio.Protocol):
         if stream is None or stream.exchange is None or stream.done:
             self.acknowledge(ev.stream_id, size)
             return
+        stream.last_data = self._runtime.watchdog.now
         if ev.data:
             stream.exchange.request_body(ev.data)
         if stream.paused:
@@ -520,10 +568,8 @@ class H2Connection(asyncio.Protocol):
         self.reset_id(stream.stream_id, code)
 
     def reset_id(self, stream_id: int, code: h2.errors.ErrorCodes) -> None:
-        try:
+        with contextlib.suppress(h2.exceptions.H2Error):
             self.h2.reset_stream(stream_id, code)
-        except h2.exceptions.H2Error:
-            pass
         self.mark()
 
     def release(self, stream: H2Stream) -> None:
@@ -550,15 +596,22 @@ class H2Connection(asyncio.Protocol):
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)
 
+    def _compression_error(self) -> None:
+        """RFC 9113 4.3: a header block that cannot be decoded is a COMPRESSION_ERROR (h2 says
+        PROTOCOL_ERROR): rewrite the code of the GOAWAY it has just queued (the last 17 bytes)."""
+        data = self.h2.data_to_send()
+        if len(data) >= 17 and data[-17:-14] == b"\x00\x00\x08" and data[-14] == 0x7:
+            data = data[:-4] + b"\x00\x00\x00\x09"
+        if data and self.transport is not None:
+            self.transport.write(data)
+
     # ================================================================== closing
     def _goaway(self, code: h2.errors.ErrorCodes = h2.errors.ErrorCodes.NO_ERROR) -> None:
         if self._goaway_sent or self._closing:
             return
         self._goaway_sent = True
-        try:
+        with contextlib.suppress(h2.exceptions.H2Error):
             self.h2.close_connection(error_code=code, last_stream_id=self.h2.highest_inbound_stream_id)
-        except h2.exceptions.H2Error:
-            pass
         self.write_out()
 
     def close_if_idle(self) -> bool:

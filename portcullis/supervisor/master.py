@@ -22,6 +22,7 @@ from portcullis.config import Config, ConfigError, load_config_text
 from portcullis.observability.events import event, setup_logging
 from portcullis.supervisor.sockets import BindError, bind_listener
 from portcullis.supervisor.workers import WorkerHandle
+from portcullis.tls.acme import AcmeManager
 
 log = logging.getLogger("portcullis")
 
@@ -37,7 +38,8 @@ def _health_message(check: PeerCheck) -> dict[str, Any]:
 def _listener_keys(config: Config) -> dict[str, str]:
     """What identifies a listener's socket and server: a change to any of it needs new workers."""
     return {
-        lst.name: f"{lst.listen}|{lst.tls.model_dump_json() if lst.tls else ''}" for lst in config.listeners
+        # the whole listener (tls, redirect_https, h2c ...): the workers build its connection edge at start
+        lst.name: f"{lst.listen}|{lst.model_dump_json()}" for lst in config.listeners
     }
 
 
@@ -66,6 +68,7 @@ class Master:
         self._servers: list[asyncio.Server] = []
         self.started_at = time.time()
         self.health = HealthChecker(config, self._health_changed)
+        self.acme = AcmeManager(config)  # ACME issuance and renewal happen once, here
         self._pending: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ start and stop
@@ -79,8 +82,10 @@ class Master:
             from portcullis.admin.api import start_admin
 
             self._servers.append(await start_admin(self, self.config.admin))
+        self.acme.prepare()  # placeholder certificates, so TLS listeners can start
         await self._start_generation(_worker_count(self.config))
         self.health.start()
+        self.acme.start()
         self.ready = True
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
@@ -136,6 +141,7 @@ class Master:
         if self.stopping:
             return
         self.stopping = True
+        await self.acme.stop()
         event(log, "stopping", f"stopping on {sig.name}: draining requests in flight")
         for server in self._servers:
             server.close()
@@ -166,9 +172,14 @@ class Master:
             except ConfigError as exc:
                 return self._reload_failed(str(exc))
             try:
+                fresh_acme = AcmeManager(config)
+                fresh_acme.prepare()
                 await self._apply(config, text)
-            except (BindError, RuntimeError, TimeoutError) as exc:
+            except (BindError, RuntimeError, TimeoutError, OSError) as exc:
                 return self._reload_failed(str(exc) or type(exc).__name__)
+            await self.acme.stop()
+            self.acme = fresh_acme
+            self.acme.start()
             previous = self.health
             await previous.stop()
             self.health = HealthChecker(config, self._health_changed, previous.checks)

@@ -11,6 +11,7 @@ disk: new connections get it, established ones keep theirs.
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import ssl
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from portcullis.tls.certs import CertInfo, ClientIdentity, cert_info, client_identity
 
 if TYPE_CHECKING:
-    from portcullis.config.schema import Certificate, ListenerTls
+    from portcullis.config.schema import Certificate, Listener, ListenerTls
 
 log = logging.getLogger("portcullis")
 
@@ -74,14 +75,15 @@ class _Index:
 class CertificateStore:
     """The certificates of one TLS listener, chosen by SNI and reloaded when their files change."""
 
-    def __init__(self, tls: ListenerTls, alpn: list[str]) -> None:
+    def __init__(self, tls: ListenerTls, alpn: list[str], certificates: list[Certificate] | None = None) -> None:
         self.tls = tls
         self.alpn = alpn
-        self.entries = [self._load(spec) for spec in tls.certificates]
+        certs = list(tls.certificates) if certificates is None else certificates
+        self.entries = [self._load(spec) for spec in certs]
         self._index = self._build_index()
         self._identities: OrderedDict[bytes, ClientIdentity] = OrderedDict()
         # the listener's own context: the default certificate, and the callback that picks the others
-        self.context = self._make_context(tls.certificates[0])
+        self.context = self._make_context(certs[0])
         self.context.sni_callback = self._on_sni
         self.swaps = 0
 
@@ -172,13 +174,43 @@ class CertificateStore:
         ]
 
 
-def describe_files(tls: ListenerTls) -> list[dict[str, Any]]:
+def describe_files(tls: ListenerTls, listener: str = "") -> list[dict[str, Any]]:
     """Read the certificate files now (for the admin API in the master): names and expiry."""
+    from portcullis.tls.acme import listener_certificates
+
     out: list[dict[str, Any]] = []
-    for spec in tls.certificates:
+    for spec in listener_certificates(listener, tls):
         try:
             with open(spec.cert, "rb") as fh:
                 out.append({"cert": spec.cert, **cert_info(fh.read()).as_dict()})
         except (OSError, ValueError) as exc:
             out.append({"cert": spec.cert, "error": str(exc)})
     return out
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def expiry_metrics(listeners: list[Listener]) -> bytes:
+    """Prometheus text: each listener certificate's notAfter (as on disk now), for expiry alerts."""
+    lines = []
+    for lst in listeners:
+        if lst.tls is None:
+            continue
+        for doc in describe_files(lst.tls, lst.name):
+            if "not_after" not in doc:
+                continue
+            when = datetime.datetime.fromisoformat(str(doc["not_after"])).timestamp()
+            names = ",".join(doc.get("names") or [])
+            lines.append(
+                f'portcullis_certificate_not_after_seconds{{listener="{_label(lst.name)}",'
+                f'cert="{_label(str(doc["cert"]))}",names="{_label(names)}"}} {when:.0f}'
+            )
+    if not lines:
+        return b""
+    head = [
+        "# HELP portcullis_certificate_not_after_seconds Expiry (notAfter, Unix time) of each listener certificate.",
+        "# TYPE portcullis_certificate_not_after_seconds gauge",
+    ]
+    return ("\n".join(head + lines) + "\n").encode()

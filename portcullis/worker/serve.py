@@ -15,6 +15,7 @@ from portcullis.engine.watchdog import Watchdog
 from portcullis.observability.events import event
 from portcullis.server.edge import AlpnDispatch, EdgeH1Connection, ListenerEdge, PrefaceDispatch, build_edge, needs_edge
 from portcullis.server.h1 import H1Connection
+from portcullis.tls.acme import challenge_dirs, listener_certificates
 from portcullis.tls.store import CertificateStore
 from portcullis.worker.build import build_runtime
 from portcullis.worker.runtime import Runtime
@@ -51,9 +52,9 @@ class Worker:
             store = None
             if listener.tls is not None:
                 alpn = ["h2", "http/1.1"] if listener.tls.http2 else ["http/1.1"]
-                store = CertificateStore(listener.tls, alpn)
+                store = CertificateStore(listener.tls, alpn, listener_certificates(listener.name, listener.tls))
                 self.stores[listener.name] = store
-            edge = build_edge(listener, self.config.server, store)
+            edge = build_edge(listener, self.config.server, store, challenge_dirs(self.config))
             server = await loop.create_server(
                 self._factory(listener.name, edge),
                 sock=self.sockets[listener.name],
