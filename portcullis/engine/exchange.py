@@ -374,7 +374,12 @@ class Exchange:
             framing = b""
         conn.write(
             upstream_request_head(
-                self.ctx, self.ds.trusted, self.runtime.request_id_header, framing, self.upgrade
+                self.ctx,
+                self.ds.trusted,
+                self.runtime.request_id_header,
+                framing,
+                self.upgrade,
+                self.runtime.request_id_header_lower,
             )
         )
         if self._replay:

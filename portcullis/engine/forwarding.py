@@ -31,8 +31,45 @@ def connection_tokens(value: bytes | None) -> frozenset[bytes]:
     return frozenset(t.strip() for t in lowered.split(b",") if t.strip()) - HOP_BY_HOP - {b"close"}
 
 
-def _node(ip: str) -> str:
-    return f'"[{ip}]"' if ":" in ip else ip
+# what a header name means to the forwarder, by its bytes as received (names repeat from
+# request to request, so one dict lookup replaces lower-casing and set tests)
+_KEEP, _DROP, _XFF, _XFP, _XFH, _FWD, _TE, _CL, _CONN, _RID = range(10)
+# one table per request id header name (it is configurable), per direction
+_REQUEST_CODES: dict[bytes, dict[bytes, int]] = {}
+_RESPONSE_CODES: dict[bytes, dict[bytes, int]] = {}
+_CODES_MAX = 2048
+_BY_NAME: Final = {
+    b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP, b"x-forwarded-host": _XFH, b"forwarded": _FWD,
+    b"transfer-encoding": _TE, b"content-length": _CL, b"connection": _CONN,
+}  # fmt: skip
+
+
+def _code(name: bytes, skip: frozenset[bytes], request_id_lower: bytes, cache: dict[bytes, int]) -> int:
+    lname = name.lower()
+    if lname == request_id_lower:
+        code = _RID
+    elif lname in skip:
+        code = _BY_NAME.get(lname, _DROP)
+    else:
+        code = _KEEP
+    if len(cache) < _CODES_MAX:
+        cache[name] = code
+    return code
+
+
+_ADDRESSES: dict[str, tuple[bytes, bytes]] = {}
+
+
+def _address(ip: str) -> tuple[bytes, bytes]:
+    """The client address as X-Forwarded-For and as a Forwarded node (IPv6 quoted), cached."""
+    pair = _ADDRESSES.get(ip)
+    if pair is None:
+        node = f'"[{ip}]"' if ":" in ip else ip
+        pair = (ip.encode(), node.encode())
+        if len(_ADDRESSES) > 4096:
+            _ADDRESSES.clear()
+        _ADDRESSES[ip] = pair
+    return pair
 
 
 def upstream_request_head(
@@ -41,42 +78,50 @@ def upstream_request_head(
     request_id_header: bytes,
     framing: bytes,
     upgrade: bytes | None,
+    request_id_lower: bytes | None = None,
 ) -> bytes:
     """The request head sent to the peer. `framing` is the body framing line(s) to add."""
-    drop = _REQUEST_SKIP
-    named = connection_tokens(ctx.connection)
-    rid_lower = request_id_header.lower()
+    rid_lower = request_id_lower or request_id_header.lower()
+    conn = ctx.connection
+    named = connection_tokens(conn) if conn is not None else _NO_TOKENS
+    codes = _REQUEST_CODES.get(rid_lower)
+    if codes is None:
+        codes = _REQUEST_CODES[rid_lower] = {}
     xff = xfp = xfh = fwd = None
     lines = [ctx.method.encode("latin-1"), b" ", ctx.upstream_path, b" HTTP/1.1\r\n"]
     if ctx.host_header is None and ctx.header(b"host") is None:
         # an HTTP/1.0 client may send no Host, but an HTTP/1.1 request must have one (RFC 9112 3.2)
         lines += (b"Host: ", ctx.host.encode(), b"\r\n")
     for name, value in ctx.headers:
-        lname = name.lower()
-        if lname in drop or lname == rid_lower or (named and lname in named):
-            if trusted:
-                if lname == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                elif lname == b"x-forwarded-proto":
-                    xfp = value
-                elif lname == b"x-forwarded-host":
-                    xfh = value
-                elif lname == b"forwarded":
-                    fwd = value if fwd is None else fwd + b", " + value
+        code = codes.get(name)
+        if code is None:
+            code = _code(name, _REQUEST_SKIP, rid_lower, codes)
+        if code == _KEEP:
+            if not named or name.lower() not in named:
+                lines += (name, b": ", value, b"\r\n")
             continue
-        lines += (name, b": ", value, b"\r\n")
-    ip = ctx.client_ip.encode()
+        if trusted:
+            if code == _XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif code == _XFP:
+                xfp = value
+            elif code == _XFH:
+                xfh = value
+            elif code == _FWD:
+                fwd = value if fwd is None else fwd + b", " + value
+    ip, node = _address(ctx.client_ip)
     host = ctx.host_header or ctx.host.encode()
-    proto = ctx.scheme.encode()
+    proto = b"https" if ctx.scheme == "https" else b"http"
+    if b'"' in host or b"\\" in host:
+        host = host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 7230 quoted-string
+    this_hop = b"for=" + node + b";proto=" + proto + b';host="' + host + b'"'
     lines += (
         b"X-Forwarded-For: ", ip if xff is None else xff + b", " + ip, b"\r\n",
         b"X-Forwarded-Proto: ", xfp or proto, b"\r\n",
-        b"X-Forwarded-Host: ", xfh or host, b"\r\n",
+        b"X-Forwarded-Host: ", xfh or ctx.host_header or ctx.host.encode(), b"\r\n",
+        b"Forwarded: ", this_hop if fwd is None else fwd + b", " + this_hop, b"\r\n",
+        request_id_header, b": ", ctx.request_id.encode(), b"\r\n",
     )  # fmt: skip
-    quoted_host = host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 7230 quoted-string
-    this_hop = b'for=%s;proto=%s;host="%s"' % (_node(ctx.client_ip).encode(), proto, quoted_host)
-    lines += (b"Forwarded: ", this_hop if fwd is None else fwd + b", " + this_hop, b"\r\n")
-    lines += (request_id_header, b": ", ctx.request_id.encode(), b"\r\n")
     if upgrade is not None:
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     lines += (framing, b"\r\n")
@@ -101,20 +146,26 @@ def response_headers(headers: Headers, request_id_lower: bytes) -> UpstreamHead:
     length: int | None = None
     chunked = has_rid = False
     conn_value: bytes | None = None
+    codes = _RESPONSE_CODES.get(request_id_lower)
+    if codes is None:
+        codes = _RESPONSE_CODES[request_id_lower] = {}
     for name, value in headers:
-        lname = name.lower()
-        if lname in _RESPONSE_SKIP:
-            if lname == b"transfer-encoding":
-                chunked = True
-            elif lname == b"content-length":
-                length = int(value)
-            elif lname == b"connection":
-                conn_value = value if conn_value is None else conn_value + b"," + value
-            continue
-        if lname == request_id_lower:
+        code = codes.get(name)
+        if code is None:
+            code = _code(name, _RESPONSE_SKIP, request_id_lower, codes)
+        if code == _KEEP:
+            out.append((name, value))
+        elif code == _RID:
             has_rid = True
-        out.append((name, value))
-    named = connection_tokens(conn_value)
-    if named:
-        out = [(k, v) for k, v in out if k.lower() not in named]
+            out.append((name, value))
+        elif code == _TE:
+            chunked = True
+        elif code == _CL:
+            length = int(value)
+        elif code == _CONN:
+            conn_value = value if conn_value is None else conn_value + b"," + value
+    if conn_value is not None:
+        named = connection_tokens(conn_value)
+        if named:
+            out = [(k, v) for k, v in out if k.lower() not in named]
     return UpstreamHead(out, length, chunked, has_rid)
