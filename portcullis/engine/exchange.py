@@ -16,10 +16,9 @@ from typing import TYPE_CHECKING
 from portcullis.engine.context import RequestContext
 from portcullis.engine.downstream import Downstream
 from portcullis.engine.errors import ErrorKind, ProxyError, render_error
-from portcullis.engine.forwarding import response_headers, upstream_request_head
 from portcullis.engine.messages import Headers, Response, ResponseHead
+from portcullis.engine.upstream_side import UpstreamSide
 from portcullis.upstream.connection import UpstreamConnection
-from portcullis.upstream.sticky import add_sticky_cookie
 
 if TYPE_CHECKING:
     from portcullis.routing.router import CompiledRoute, Router
@@ -28,39 +27,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("portcullis")
 
-def _retry_after(headers: Headers) -> float | None:
-    for name, value in headers:
-        if name.lower() == b"retry-after" and value.strip().isdigit():
-            return float(value)
-    return None
 
-
-_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 _BUFFER_HIGH = 64 * 1024
 
 
-class Exchange:
+class Exchange(UpstreamSide):
     __slots__ = (
-        "_attempts",
-        "_body_buffer",
-        "_buffered",
-        "_conn",
-        "_conn_reused",
         "_early_body",
-        "_group",
         "_head_only",
         "_holding",
         "_max_body",
-        "_peer",
-        "_peer_open",
-        "_replay",
-        "_replay_size",
-        "_resp_done",
-        "_sent_body",
-        "_switch_headers",
-        "_task",
-        "_tried",
-        "_upstream_paused_reading",
         "ctx",
         "ds",
         "expect_continue",
@@ -70,7 +46,6 @@ class Exchange:
         "req_done",
         "req_length",
         "request_body_bytes",
-        "response_close_delimited",
         "route",
         "runtime",
         "upgrade",
@@ -264,308 +239,6 @@ class Exchange:
             return
         if self._resp_done:
             self._finish()
-
-    # ================================================================== upstream side
-    def _forward(self) -> None:
-        route = self.route
-        assert route is not None
-        group = route.upstream
-        if group is None:
-            self.fail(
-                ProxyError(ErrorKind.INTERNAL, f"route {route.name!r} has no upstream and no filter answered")
-            )
-            return
-        self._group = group
-        if group.retries.attempts:
-            group.budget.requests += 1
-            if self.req_length or self.req_chunked:
-                # keep what is sent so another peer can be sent the same body
-                self._replay = [] if (self.req_length or 0) <= group.retries.max_body else None
-        if self.expect_continue and not self.req_done:
-            self.ds.send_continue()
-        self._try_peer()
-
-    def _try_peer(self) -> None:
-        """Pick a peer (another one on a retry) and send the request to it."""
-        group = self._group
-        assert group is not None
-        peer = group.select(self.ctx, self._tried)
-        if peer is None:
-            if group.at_capacity():
-                self._task = asyncio.get_running_loop().create_task(self._wait_for_room())
-            else:
-                self.fail(ProxyError(ErrorKind.NO_HEALTHY_PEER, f"no available peer in upstream {group.name!r}"))
-            return
-        self._peer = peer
-        self.ctx.peer = peer.label
-        peer.active += 1
-        if peer.breaker is not None:
-            peer.breaker.started()
-        self._peer_open = True
-        conn = peer.pool.acquire()
-        if conn is not None:
-            self._conn_reused = True
-            self._attach(conn)
-        else:
-            self._task = asyncio.get_running_loop().create_task(self._connect())
-
-    async def _wait_for_room(self) -> None:
-        """Every peer is at its max_conns: wait a bounded time for one to have room."""
-        group = self._group
-        assert group is not None
-        loop = asyncio.get_running_loop()
-        end = loop.time() + group.queue_timeout
-        while loop.time() < end:
-            await asyncio.sleep(0.01)
-            if self.finished:
-                return
-            if not group.at_capacity():
-                self._try_peer()
-                return
-        self.fail(ProxyError(ErrorKind.NO_HEALTHY_PEER, f"every peer of upstream {group.name!r} is at max_conns"))
-
-    def _settle(self, ok: bool | None) -> None:
-        """Tell the group how the try on the current peer went, exactly once per try (None: the
-        try was abandoned for reasons of our own and says nothing about the peer)."""
-        if self._peer_open:
-            self._peer_open = False
-            peer, group = self._peer, self._group
-            assert peer is not None and group is not None
-            peer.active -= 1
-            if not group.trivial and ok is not None:
-                group.record(peer, ok, self.ctx.upstream_time if ok else None)
-
-    async def _connect(self) -> None:
-        peer, group = self._peer, self._group
-        assert peer is not None and group is not None
-        loop = asyncio.get_running_loop()
-        runtime = self.runtime
-        try:
-            async with asyncio.timeout(group.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(peer.pool, runtime.watchdog), peer.host, peer.port,
-                    ssl=peer.ssl, server_hostname=peer.server_hostname,
-                )
-        except TimeoutError:
-            self.upstream_failed(ProxyError(ErrorKind.CONNECT_TIMEOUT, f"connecting to {peer.label} timed out"))
-            return
-        except OSError as exc:
-            reason = exc.strerror or str(exc)
-            self.upstream_failed(ProxyError(ErrorKind.CONNECT_FAILED, f"cannot connect to {peer.label}: {reason}"))
-            return
-        if self.finished:
-            peer.pool.release(conn, runtime.watchdog.now)
-            return
-        self._conn_reused = False
-        self._attach(conn)
-
-    def _attach(self, conn: UpstreamConnection) -> None:
-        group = self._group
-        assert group is not None
-        self._conn = conn
-        assert self._peer is not None
-        self.runtime.upstream_started(self.ctx, group.name, self._peer.label)
-        conn.bind(self, self._head_only, group.response_timeout, group.idle_timeout)
-        if self.req_chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif self.req_length is not None:
-            framing = b"Content-Length: %d\r\n" % self.req_length
-        else:
-            framing = b""
-        conn.write(
-            upstream_request_head(
-                self.ctx,
-                self.ds.trusted,
-                self.runtime.request_id_header,
-                framing,
-                self.upgrade,
-                self.runtime.request_id_header_lower,
-            )
-        )
-        if self._replay:
-            conn.write(b"".join(self._replay))  # a retry: the body sent to the peer before
-        if self._body_buffer is not None:
-            self._sent_body = True
-            data = b"".join(self._body_buffer)
-            conn.write(data)
-            self._keep_for_replay(data)
-            self._body_buffer = None
-            if self._buffered > _BUFFER_HIGH:
-                self.ds.resume_reading()
-            self._buffered = 0
-
-    def _keep_for_replay(self, data: bytes) -> None:
-        replay = self._replay
-        if replay is not None and self._group is not None:
-            replay.append(data)
-            self._replay_size += len(data)
-            if self._replay_size > self._group.retries.max_body:
-                self._replay = None  # too large to send again: this request will not be retried
-
-    def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool) -> None:
-        ctx = self.ctx
-        if self._group is not None and self._peer is not None:
-            self.runtime.upstream_responded(ctx, self._group.name, self._peer.label)
-        if status == 101:
-            if self.upgrade is None:
-                self.upstream_failed(
-                    ProxyError(ErrorKind.UPSTREAM_PROTOCOL, "101 without an upgrade request")
-                )
-            # the peer's end-to-end fields (Sec-WebSocket-Accept ...) go with the switch
-            self._switch_headers = response_headers(raw_headers, self.runtime.request_id_header_lower).headers
-            return  # the switch itself happens in upstream_upgraded
-        group, peer = self._group, self._peer
-        self._settle(status < 500)
-        if status == 503 and group is not None and peer is not None and not group.trivial:
-            wait = _retry_after(raw_headers)
-            if wait is not None:
-                group.retry_after(peer, wait)  # honoured whether or not this request is retried
-        if (
-            group is not None
-            and peer is not None
-            and status in group.retries.on_statuses
-            and self._may_retry(idempotent_only=True)
-        ):
-            self._retry(ProxyError(ErrorKind.UPSTREAM_STATUS, f"peer {peer.label} answered {status}"))
-            return
-        upstream = response_headers(raw_headers, self.runtime.request_id_header_lower)
-        if group is not None and group.sticky is not None and peer is not None:
-            add_sticky_cookie(self.ctx, group, peer, upstream.headers)
-        length = upstream.length
-        no_body = self._head_only or status in (204, 304)
-        self.response_close_delimited = length is None and not upstream.chunked and not no_body
-        head = ResponseHead(status, upstream.headers)
-        assert self.route is not None
-        chain = self.route.chain
-        try:
-            for hook in chain.on_upstream_response:
-                hook(ctx, head)
-            for hook in chain.on_response:
-                hook(ctx, head)
-        except Exception as exc:
-            self._internal_error(exc)
-            return
-        if chain.on_response_body and not no_body:
-            length = None  # a body filter may change the length
-        has_rid = upstream.has_request_id if not chain.on_response else None
-        self._send_head(head, length, no_body, False, has_rid)
-
-    def flush_downstream(self) -> None:
-        """Called after each read from the peer, so nothing waits longer than one read."""
-        self.ds.flush()
-
-    def upstream_body(self, chunk: bytes) -> None:
-        if self.finished:
-            return
-        assert self.route is not None
-        for hook in self.route.chain.on_response_body:
-            chunk = hook(self.ctx, chunk, False)
-        if chunk:
-            self.ctx.bytes_out += len(chunk)
-            self.ds.send_body(chunk)
-
-    def upstream_complete(self, trailers: Headers | None, reusable: bool) -> None:
-        conn, peer = self._conn, self._peer
-        self._conn = None
-        if conn is not None and peer is not None:
-            if reusable and self.req_done and not self.finished:
-                peer.pool.release(conn, self.runtime.watchdog.now)
-            else:
-                conn.close()
-        if self.finished:
-            return
-        assert self.route is not None
-        tail = b""
-        for hook in self.route.chain.on_response_body:
-            tail = hook(self.ctx, tail, True)
-        if tail:
-            self.ctx.bytes_out += len(tail)
-            self.ds.send_body(tail)
-        self.ds.send_end(trailers)
-        self._resp_done = True
-        if self.req_done:
-            self._finish()
-        else:
-            # the peer answered before the body was all sent: the client's connection can't be reused
-            self._finish(keep_alive=False)
-
-    def upstream_failed(self, error: ProxyError) -> None:
-        conn = self._conn
-        self._conn = None
-        if self.finished:
-            return
-        if self._group is not None and self._peer is not None:
-            self.runtime.upstream_failed(self._group.name, self._peer.label, error)
-        if (
-            conn is None or conn.got_bytes or not self._conn_reused or error.kind is not ErrorKind.UPSTREAM_RESET
-        ):
-            self._settle(False)  # (a stale pooled connection says nothing about the peer)
-        if not self.head_sent and error.retryable and self._may_retry(
-            idempotent_only=error.kind not in (ErrorKind.CONNECT_FAILED, ErrorKind.CONNECT_TIMEOUT)
-        ):
-            if conn is not None:
-                conn.abort()
-            self._retry(error)
-            return
-        if (
-            conn is not None
-            and self._conn_reused
-            and not conn.got_bytes
-            and error.kind is ErrorKind.UPSTREAM_RESET
-            and not self._sent_body
-            and self.ctx.method in _IDEMPOTENT
-            and self.req_done
-        ):
-            # the classic keep-alive race: the peer closed an idle connection as we reused it
-            self._conn_reused = False
-            self._task = asyncio.get_running_loop().create_task(self._connect())
-            return
-        self._settle(False)
-        self.fail(error)
-
-    def _may_retry(self, idempotent_only: bool) -> bool:
-        """May this request be sent again? Never once the client has seen any of the answer."""
-        group = self._group
-        if group is None or self.head_sent or self.finished or self._attempts >= group.retries.attempts:
-            return False
-        if self.upgrade is not None:
-            return False
-        if idempotent_only and self.ctx.method not in _IDEMPOTENT:
-            return False
-        if self._sent_body and (self._replay is None or not self.req_done):
-            return False  # the body cannot be sent again
-        total = group.retries.total_timeout
-        if total is not None and self.runtime.clock() - self.ctx.started > total:
-            return False
-        return group.budget.try_retry()
-
-    def _retry(self, error: ProxyError) -> None:
-        self._attempts += 1
-        if self._peer is not None:
-            self._tried += (self._peer,)
-        conn = self._conn
-        self._conn = None
-        if conn is not None:
-            conn.abort()
-        self._settle(False)
-        self.runtime.retried(self.ctx, error)
-        self._try_peer()
-
-    def upstream_write_paused(self) -> None:
-        self.ds.pause_reading()
-
-    def upstream_write_resumed(self) -> None:
-        self.ds.resume_reading()
-
-    def downstream_write_paused(self) -> None:
-        if self._conn is not None:
-            self._upstream_paused_reading = True
-            self._conn.pause_reading()
-
-    def downstream_write_resumed(self) -> None:
-        if self._conn is not None and self._upstream_paused_reading:
-            self._upstream_paused_reading = False
-            self._conn.resume_reading()
 
     # ================================================================== upgrade tunnel
     def upstream_upgraded(self, leftover: bytes) -> None:
