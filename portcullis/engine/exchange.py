@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from portcullis.engine.context import RequestContext
 from portcullis.engine.downstream import Downstream
 from portcullis.engine.errors import ErrorKind, ProxyError, render_error
+from portcullis.engine.forwarding import forwardable_trailers
 from portcullis.engine.messages import Headers, Response, ResponseHead
 from portcullis.engine.upstream_side import UpstreamSide
 from portcullis.upstream.connection import UpstreamConnection
@@ -224,7 +225,8 @@ class Exchange(UpstreamSide):
                 self._early_body = []
             self._early_body.append(b"")
         if self.req_chunked:
-            end = b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers or ()) + b"\r\n"
+            fields = forwardable_trailers(trailers) or ()
+            end = b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
             if self._conn is not None and self._body_buffer is None:
                 self._conn.write(end)
                 if self._replay is not None:

@@ -169,3 +169,17 @@ def response_headers(headers: Headers, request_id_lower: bytes) -> UpstreamHead:
         if named:
             out = [(k, v) for k, v in out if k.lower() not in named]
     return UpstreamHead(out, length, chunked, has_rid)
+
+
+# RFC 9110 6.5.1: fields about framing, routing or the connection have no place in a trailer
+_NOT_IN_TRAILERS: Final = HOP_BY_HOP | {
+    b"content-length", b"content-encoding", b"content-type", b"content-range", b"host", b"expect",
+    b"authorization", b"set-cookie", b"cookie", b"cache-control", b"max-forwards", b"range",
+}  # fmt: skip
+
+
+def forwardable_trailers(trailers: Headers | None) -> Headers | None:
+    """The trailer fields that may be passed on."""
+    if not trailers:
+        return trailers
+    return [(n, v) for n, v in trailers if n.lower() not in _NOT_IN_TRAILERS]

@@ -11,7 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, cast
 
 from portcullis.engine.errors import ErrorKind, ProxyError
-from portcullis.engine.forwarding import response_headers, upstream_request_head
+from portcullis.engine.forwarding import forwardable_trailers, response_headers, upstream_request_head
 from portcullis.engine.messages import Headers, ResponseHead
 from portcullis.upstream.connection import UpstreamConnection
 from portcullis.upstream.sticky import add_sticky_cookie
@@ -316,7 +316,7 @@ class UpstreamSide:
         if tail:
             self.ctx.bytes_out += len(tail)
             self.ds.send_body(tail)
-        self.ds.send_end(trailers)
+        self.ds.send_end(forwardable_trailers(trailers))
         self._resp_done = True
         if self.req_done:
             self._finish()

@@ -290,3 +290,11 @@ def test_response_headers_input_not_modified() -> None:
     raw = [(b"Connection", b"close"), (b"Server", b"x")]
     response_headers(raw, b"x-request-id")
     assert raw == [(b"Connection", b"close"), (b"Server", b"x")]
+
+
+def test_framing_and_routing_fields_are_not_passed_on_in_trailers() -> None:
+    from portcullis.engine.forwarding import forwardable_trailers
+
+    trailers = [(b"X-Checksum", b"abc"), (b"Content-Length", b"5"), (b"Host", b"evil"), (b"Transfer-Encoding", b"x")]
+    assert forwardable_trailers(trailers) == [(b"X-Checksum", b"abc")]
+    assert forwardable_trailers(None) is None
