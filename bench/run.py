@@ -85,6 +85,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                            help="command to measure in place of Portcullis; {port}, {backend_port}, "
                                 "{config} (the generated Portcullis YAML) and {tmpdir} are filled in")
     parser.add_argument("--label", help="name of the candidate in the output")
+    parser.add_argument("--workers", type=int, default=1, help="Portcullis worker processes")
+    parser.add_argument("--access-log", action="store_true",
+                        help="Portcullis writes its JSON access log to a file (nginx keeps access_log off)")
     parser.add_argument("--start-timeout", type=float, default=30.0, help="seconds to wait for a server")
     parser.add_argument("--json", type=Path, help="where to write the JSON results "
                         "(default bench/results/<timestamp>-<candidate>.json)")
@@ -189,8 +192,10 @@ class Bench:
         label = self.args.label
         log(f"starting {label} on :{cand_port} (CPU {self.proxy_cpu})")
         yaml_path = self.tmpdir / "portcullis.yaml"
+        access_log = f"access_log: {{path: {self.tmpdir / 'access.log'}, format: json}}" if self.args.access_log else ""
         yaml_path.write_text(templating.render_file("portcullis.yaml", {
-            "port": str(cand_port), "backend_port": str(backend_port),
+            "port": str(cand_port), "backend_port": str(backend_port), "workers": str(self.args.workers),
+            "access_log": access_log,
         }))
         if self.args.self_test:
             cand = self._nginx(label, "proxy.conf", {

@@ -88,12 +88,15 @@ def test_render_rejects_unknown_placeholder() -> None:
         templating.render("{{missing}}", {})
 
 
-def test_portcullis_template_matches_schema() -> None:
-    text = templating.render_file("portcullis.yaml", {"port": "18080", "backend_port": "18081"})
-    data = yaml.safe_load(text)
+@pytest.mark.parametrize("workers", ["1", "2"])
+@pytest.mark.parametrize("access_log", ["", "access_log: {path: /tmp/access.log, format: json}"])
+def test_portcullis_template_matches_schema(workers: str, access_log: str) -> None:
+    values = {"port": "18080", "backend_port": "18081", "workers": workers, "access_log": access_log}
+    data = yaml.safe_load(templating.render_file("portcullis.yaml", values))
     schema = pytest.importorskip("portcullis.config.schema")
     config = schema.Config.model_validate(data)
-    assert config.workers == 1
+    assert config.workers == int(workers)
+    assert (config.access_log is not None) == bool(access_log)
     assert config.listeners[0].listen == "127.0.0.1:18080"
     assert config.upstreams["backend"].peers[0].url == "http://127.0.0.1:18081"
     assert config.routes[0].match.path_prefix == "/"
