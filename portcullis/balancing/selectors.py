@@ -39,6 +39,8 @@ class Selector:
     def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
         self.peers = tuple(peers)
         self.rng = rng or random.Random()
+        self.fixed_weights: list[float] | None = None
+        """Set by the owner when weights never change (no slow start): read once, not per pick."""
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         raise NotImplementedError
@@ -56,13 +58,22 @@ class RoundRobin(Selector):
         best = -1
         total = 0.0
         current = self.current
-        for index, peer in enumerate(self.peers):
-            if not eligible(peer):
-                continue
-            current[index] += peer.weight
-            total += peer.weight
-            if best < 0 or current[index] > current[best]:
-                best = index
+        fixed = self.fixed_weights if eligible is _everyone else None
+        if fixed is not None:
+            for index, weight in enumerate(fixed):
+                current[index] += weight
+                total += weight
+                if best < 0 or current[index] > current[best]:
+                    best = index
+        else:
+            for index, peer in enumerate(self.peers):
+                if not eligible(peer):
+                    continue
+                weight = peer.weight
+                current[index] += weight
+                total += weight
+                if best < 0 or current[index] > current[best]:
+                    best = index
         if best < 0:
             return None
         current[best] -= total

@@ -177,6 +177,13 @@ class UpstreamGroup:
             and not any(p.max_conns for p in self.peers)
         )
         self._by_token = {sticky_token(p): p for p in self.peers}
+        # `simple`, and the choice needs nothing from the request either
+        keyless = config.balance in ("round_robin", "least_conn", "random", "p2c_ewma")
+        self.plain = self.simple and self.sticky is None and keyless
+        self.tracks_latency = config.balance == "p2c_ewma"
+        if not self.slow_start:
+            # weights never change: selectors may read them once
+            self.selector.fixed_weights = [float(p.base_weight) for p in self.primaries]
 
     # ------------------------------------------------------------------ selection
     def available(self, peer: Peer, now: float) -> bool:
@@ -192,6 +199,9 @@ class UpstreamGroup:
         """A peer for this request, never one in `tried` when another is available; None if none is."""
         if self.trivial:
             return self.peers[0]
+        if self.plain and not tried and (not self._retry_after_until or self.clock() >= self._retry_after_until):
+            # nothing can take a peer out of service and no key is needed: no per-peer checks
+            return self.selector.pick()  # type: ignore[return-value]
         now = self.clock()
         if self.sticky is not None and not tried:
             pinned = self.sticky_peer(ctx)
@@ -258,10 +268,10 @@ class UpstreamGroup:
     # ------------------------------------------------------------------ outcomes
     def record(self, peer: Peer, ok: bool, elapsed: float | None) -> None:
         """Learn from how a try on `peer` went (ok: it answered, and not with a 5xx)."""
-        if elapsed is not None:
+        if elapsed is not None and self.tracks_latency:
             peer.observe_latency(elapsed, self.clock())
-        if self.trivial:
-            return
+        if self.simple:
+            return  # no breaker or ejection to feed
         now = self.clock()
         if peer.breaker is not None and peer.breaker.record(ok, now):
             self._changed(peer, f"circuit breaker {peer.breaker.state.value}")
@@ -284,7 +294,7 @@ class UpstreamGroup:
         if ok != peer.active_ok:
             peer.active_ok = ok
             if not ok:
-                self.simple = False
+                self.simple = self.plain = False
             peer.reason = reason
             if ok:
                 peer.recovered_at = self.clock()

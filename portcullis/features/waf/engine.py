@@ -84,6 +84,22 @@ class Evaluator:
                 elif entry.skip:
                     i = min(n, i + entry.skip)
                 continue
+            if entry.fast_multi and not txn.removed_targets and not txn.removed_targets_by_tag:
+                verdict = _tx_any(txn, entry.fast_multi)
+                if verdict is False:
+                    continue  # no target can match
+                if verdict is True and entry.fast_pure and entry.disruptive not in ("deny", "drop", "allow"):
+                    if entry.skip_after:
+                        i = markers.get(entry.skip_after, n)
+                    elif entry.skip:
+                        i = min(n, i + entry.skip)
+                    continue
+            if entry.gate:
+                hits = txn.pipeline_hits.get((phase, entry.pipeline))
+                if hits is None:
+                    hits = self._pipeline_hits(txn, phase, entry.pipeline)
+                if entry.prefilter not in hits:
+                    continue  # no value of any collection it reads hit its pattern
             if (
                 entry.prefilter >= 0
                 and entry.target_key is not None
@@ -101,6 +117,19 @@ class Evaluator:
                 i = markers.get(entry.skip_after, n)
             elif entry.skip:
                 i = min(n, i + entry.skip)
+
+    def _pipeline_hits(self, txn: Transaction, phase: int, pipeline: int) -> set[int]:
+        """The prefilter hits of every item of the collections the phase's gated rules read."""
+        found: set[int] = set()
+        db = self.ruleset.prefilters[pipeline]
+        plain = not self.ruleset.pipelines[pipeline]
+        for collection, keys in self.ruleset.gate_collections[(phase, pipeline)]:
+            for key, raw in txn.items(collection):
+                if keys is not None and key not in keys and key.lower() not in keys:
+                    continue
+                found |= _hits(txn, pipeline, raw if plain else _through(txn, pipeline, raw), db)
+        txn.pipeline_hits[(phase, pipeline)] = found
+        return found
 
     def _after_match(self, txn: Transaction, entry: Rule) -> bool:
         """The disruptive action of a matched rule; True: stop the phase."""
@@ -191,7 +220,7 @@ class Evaluator:
         for name, raw in values:
             candidates = _multimatch_values(link, raw) if link.multimatch else [_transformed(txn, link, raw)]
             for value in candidates:
-                if prefilter is not None and link.prefilter not in _hits(txn, link, value, prefilter):
+                if prefilter is not None and link.prefilter not in _hits(txn, link.pipeline, value, prefilter):
                     continue
                 caps = op(value, expand)
                 if (caps is not None) == negated:
@@ -214,7 +243,7 @@ class Evaluator:
         if found is None:
             found = set()
             for _, raw in values:
-                found |= _hits(txn, link, _transformed(txn, link, raw), db)
+                found |= _hits(txn, link.pipeline, _transformed(txn, link, raw), db)
             txn.prefilter_union[key] = found
         return found
 
@@ -275,8 +304,22 @@ def _tx_may_match(txn: Transaction, fast: tuple[str, str, int]) -> bool | None:
     return bool(_NUMERIC[fast[1]](number, fast[2]))
 
 
-def _hits(txn: Transaction, link: Rule, value: str, db: object) -> set[int]:
-    key = (-1 - link.pipeline, value)
+def _tx_any(txn: Transaction, fast: tuple[tuple[str, str, int], ...]) -> bool | None:
+    """Several `(&)TX:key` targets, one operator: True when one matches, False when none can."""
+    unsure = False
+    for one in fast:
+        verdict = _tx_may_match(txn, one)
+        if verdict is True:
+            return True
+        if verdict is None:
+            unsure = True
+    return None if unsure else False
+
+
+def _hits(txn: Transaction, pipeline: int, value: str, db: object) -> set[int]:
+    """The prefilter ids that may match a transformed value; one database serves every pipeline,
+    so the hits of a value are shared by all the pipelines that produce it."""
+    key = (-1, value)
     cache = txn.transform_cache
     found: set[int] | None = cache.get(key)
     if found is None:

@@ -1,7 +1,7 @@
-"""A hyperscan prefilter: every static `@rx` of a transformation pipeline in one database.
+"""A hyperscan prefilter: every static `@rx` (and phrase `@pm`) in one database.
 
-A value is scanned once per pipeline; a rule's own regex only runs when the database says
-its pattern may match (prefilter mode: a superset, never a miss). Without hyperscan the
+A transformed value is scanned once, whatever pipelines produced it; a rule's own regex only
+runs when the database says its pattern may match (prefilter mode: a superset, never a miss). Without hyperscan the
 rules simply run their regexes.
 """
 
@@ -104,11 +104,47 @@ def build_prefilters(ruleset: RuleSet) -> None:
         if pattern and pattern.isascii():
             sources[id(link)] = pattern
             by_pipeline.setdefault(link.pipeline, []).append(link)
-    for pipeline, links in by_pipeline.items():
-        patterns = [sources[id(link)].encode("ascii") for link in links]
-        db, kept = _compile(patterns)
-        if db is None:
-            continue
+    # one database for every pipeline: a transformed value is scanned once, whichever pipelines
+    # produced it (clean values come out of most pipelines unchanged); pattern ids are global
+    links = [link for group in by_pipeline.values() for link in group]
+    db, kept = _compile([sources[id(link)].encode("ascii") for link in links])
+    if db is not None:
         for index in kept:
             links[index].prefilter = index
-        ruleset.prefilters[pipeline] = db
+            ruleset.prefilters[links[index].pipeline] = db
+    _gates(ruleset)
+
+
+def _gates(ruleset: RuleSet) -> None:
+    """Mark the rules a phase-wide scan may rule out: a positive prefiltered head whose targets
+    are static (no counts). Its values are a subset of the items the phase's gated rules of its
+    pipeline read, so a pattern without a hit on any of them cannot match the rule either."""
+    for phase, entries in ruleset.phases.items():
+        wanted: dict[int, dict[str, set[str] | None]] = {}
+        for entry in entries:
+            if (
+                not isinstance(entry, Rule)
+                or entry.prefilter < 0
+                or entry.target_key is None
+                or entry.negated
+                or entry.multimatch
+                or entry.pipeline not in ruleset.prefilters
+                or not entry.targets
+                or any(t.count for t in entry.targets)
+            ):
+                continue
+            entry.gate = True
+            reads = wanted.setdefault(entry.pipeline, {})
+            for t in entry.targets:
+                keys = reads.get(t.collection, set())
+                if keys is None:
+                    continue
+                if t.key is None:  # the whole collection, or keys by regex
+                    reads[t.collection] = None
+                else:
+                    keys.add(t.key)
+                    reads[t.collection] = keys
+        for pipeline, reads in wanted.items():
+            ruleset.gate_collections[(phase, pipeline)] = tuple(
+                (name, None if keys is None else frozenset(keys)) for name, keys in sorted(reads.items())
+            )

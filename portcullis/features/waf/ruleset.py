@@ -65,7 +65,9 @@ class Rule:
     prefilter: int = -1  # index in the pipeline's prefilter database, -1: none
     target_key: int | None = None  # names targets + exclusions, when their values are static
     fast_tx: tuple[str, str, int] | None = None  # `(&)TX:key "@op N"`: ((&)key, op, N), a quick verdict
-    fast_pure: bool = False  # fast_tx, and nothing but flow control (skipAfter ...) when it matches
+    fast_pure: bool = False  # fast_tx/fast_multi, and nothing but flow control when it matches
+    fast_multi: tuple[tuple[str, str, int], ...] = ()  # `(&)TX:a|(&)TX:b "@op N"`: one per target
+    gate: bool = False  # prefiltered on static targets: skipped unless its pattern hit a phase-wide scan
 
 
 # variables whose values change while rules run: never cached per request
@@ -91,6 +93,11 @@ class RuleSet:
     pipelines: list[tuple[T.Transform, ...]]
     parents: list[int]
     prefilters: dict[int, object] = field(default_factory=dict)
+    # (phase, pipeline): what the gated rules of that phase read through the pipeline, as
+    # (collection, its keys or None: every item)
+    gate_collections: dict[tuple[int, int], tuple[tuple[str, frozenset[str] | None], ...]] = field(
+        default_factory=dict
+    )
 
     def phase_used(self, phase: int) -> bool:
         return any(isinstance(e, Rule) for e in self.phases.get(phase, ()))
@@ -291,16 +298,19 @@ class _Compiler:
             rule.target_key = self.target_keys.setdefault(key, len(self.target_keys))
         arg = spec.operator_arg.strip()
         if (
-            len(targets) == 1
-            and targets[0].collection == "TX"
-            and targets[0].key is not None
+            targets
+            and all(t.collection == "TX" and t.key is not None and t.key_regex is None for t in targets)
             and not exclusions
             and not funcs
             and not spec.operator_negated
             and spec.operator in ("eq", "lt", "le", "gt", "ge")
             and arg.lstrip("-").isdigit()
         ):
-            rule.fast_tx = (("&" if targets[0].count else "") + targets[0].key, spec.operator, int(arg))
+            fast = tuple((("&" if t.count else "") + (t.key or ""), spec.operator, int(arg)) for t in targets)
+            if len(fast) == 1:
+                rule.fast_tx = fast[0]
+            else:
+                rule.fast_multi = fast
             rule.fast_pure = not (setvars or ctls or msg or capture or spec.chained is not None)
         if spec.chained is not None:
             rule.chained = self.rule(spec.chained, rule)

@@ -81,6 +81,7 @@ class Transaction:
         self.values_cache: dict[object, Pairs] = {}
         self.ruleset: Any = None  # the RuleSet being run (set by the evaluator)
         self.prefilter_union: dict[object, set[int]] = {}
+        self.pipeline_hits: dict[tuple[int, int], set[int]] = {}
         self.started = time.time()
         self.unique_id = unique_id
         self._load_request_head()
@@ -180,6 +181,7 @@ class Transaction:
         """Run the request body processor (at the start of phase 2)."""
         self.values_cache.clear()
         self.prefilter_union.clear()
+        self.pipeline_hits.clear()
         text = body.decode("latin-1")
         if self.body_processor in (None, "URLENCODED"):
             # as in ModSecurity: the raw body only with the URL-encoded processor, or none
