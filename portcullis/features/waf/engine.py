@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from portcullis.features.waf.ruleset import Marker, Rule, RuleSet, _id_ranges
+import operator
+
+from portcullis.features.waf.ruleset import Rule, RuleSet, _id_ranges
 from portcullis.features.waf.seclang import TargetSpec, parse_targets
 from portcullis.features.waf.transaction import Match, Pairs, Transaction
 
@@ -15,16 +17,17 @@ def _transformed(txn: Transaction, rule: Rule, value: str) -> str:
 
 def _through(txn: Transaction, pipeline: int, value: str) -> str:
     """The value through a pipeline, cached per request; shared prefixes are computed once."""
-    key = (pipeline, value)
-    cache = txn.transform_cache
-    out = cache.get(key)
+    cache = txn.transformed.get(pipeline)
+    if cache is None:
+        cache = txn.transformed[pipeline] = {}
+    out = cache.get(value)
     if out is None:
         ruleset = txn.ruleset
         assert ruleset is not None
         parent = ruleset.parents[pipeline]
         before = value if parent < 0 or not ruleset.pipelines[parent] else _through(txn, parent, value)
-        out = cache[key] = ruleset.pipelines[pipeline][-1](before)
-    return str(out)
+        out = cache[value] = ruleset.pipelines[pipeline][-1](before)
+    return out
 
 
 def _multimatch_values(rule: Rule, value: str) -> list[str]:
@@ -41,61 +44,76 @@ class Evaluator:
 
     def __init__(self, ruleset: RuleSet) -> None:
         self.ruleset = ruleset
+        # per phase: its rules without the markers, and where each jumps when it matches (the
+        # index of the first rule after its skipAfter marker, or `skip` rules on; -1: the next)
+        self.plans: dict[int, tuple[list[Rule], list[int]]] = {}
+        for phase, entries in ruleset.phases.items():
+            before = [0] * (len(entries) + 1)  # before[j]: how many rules entries[:j] holds
+            for j, entry in enumerate(entries):
+                before[j + 1] = before[j] + isinstance(entry, Rule)
+            rules: list[Rule] = []
+            jumps: list[int] = []
+            markers = ruleset.markers.get(phase, {})
+            for j, entry in enumerate(entries):
+                if not isinstance(entry, Rule):
+                    continue
+                rules.append(entry)
+                if entry.skip_after:
+                    jumps.append(before[markers.get(entry.skip_after, len(entries))])
+                elif entry.skip:
+                    jumps.append(before[min(len(entries), j + 1 + entry.skip)])
+                else:
+                    jumps.append(-1)
+            self.plans[phase] = (rules, jumps)
 
     def run_phase(self, txn: Transaction, phase: int) -> None:
         txn.ruleset = self.ruleset
         if txn.disruptive is not None or txn.allowed or txn.rule_engine == "off":
             return
-        entries = self.ruleset.phases.get(phase)
-        if not entries:
+        plan = self.plans.get(phase)
+        if not plan or not plan[0]:
             return
-        markers = self.ruleset.markers[phase]
-        i, n = 0, len(entries)
+        rules, jumps = plan
+        removing = bool(txn.removed_ids or txn.removed_ranges or txn.removed_tags)
+        pipeline_hits = txn.pipeline_hits
+        i, n = 0, len(rules)
         while i < n:
-            entry = entries[i]
+            entry = rules[i]
+            here = i
             i += 1
-            if isinstance(entry, Marker):
-                continue
-            if (txn.removed_ids or txn.removed_ranges or txn.removed_tags) and txn.rule_removed(
-                entry.id, entry.tags
-            ):
+            if removing and txn.rule_removed(entry.id, entry.tags):
                 continue
             if entry.fast_tx is not None:
                 verdict = _tx_may_match(txn, entry.fast_tx)
                 if verdict is False:
                     continue
                 if verdict is True and entry.fast_pure and entry.disruptive not in ("deny", "drop", "allow"):
-                    if entry.skip_after:
-                        i = markers.get(entry.skip_after, n)
-                    elif entry.skip:
-                        i = min(n, i + entry.skip)
+                    if jumps[here] >= 0:
+                        i = jumps[here]
                     continue
                 if verdict is True and entry.chained is None and not entry.capture:
                     self._fast_match(txn, entry)
                     entry_matched = True
                 else:
                     entry_matched = self._rule(txn, entry)
+                removing = bool(txn.removed_ids or txn.removed_ranges or txn.removed_tags)
                 if not entry_matched:
                     continue
                 if self._after_match(txn, entry):
                     return
-                if entry.skip_after:
-                    i = markers.get(entry.skip_after, n)
-                elif entry.skip:
-                    i = min(n, i + entry.skip)
+                if jumps[here] >= 0:
+                    i = jumps[here]
                 continue
             if entry.fast_multi and not txn.removed_targets and not txn.removed_targets_by_tag:
                 verdict = _tx_any(txn, entry.fast_multi)
                 if verdict is False:
                     continue  # no target can match
                 if verdict is True and entry.fast_pure and entry.disruptive not in ("deny", "drop", "allow"):
-                    if entry.skip_after:
-                        i = markers.get(entry.skip_after, n)
-                    elif entry.skip:
-                        i = min(n, i + entry.skip)
+                    if jumps[here] >= 0:
+                        i = jumps[here]
                     continue
             if entry.gate:
-                hits = txn.pipeline_hits.get((phase, entry.pipeline))
+                hits = pipeline_hits.get((phase, entry.pipeline))
                 if hits is None:
                     hits = self._pipeline_hits(txn, phase, entry.pipeline)
                 if entry.prefilter not in hits:
@@ -109,25 +127,42 @@ class Evaluator:
                 union = txn.prefilter_union.get((entry.target_key, entry.pipeline))
                 if union is not None and entry.prefilter not in union:
                     continue  # the prefilter already ruled this pattern out for these values
-            if not self._rule(txn, entry):
+            matched = self._rule(txn, entry)
+            removing = bool(txn.removed_ids or txn.removed_ranges or txn.removed_tags)
+            if not matched:
                 continue
             if self._after_match(txn, entry):
                 return
-            if entry.skip_after:
-                i = markers.get(entry.skip_after, n)
-            elif entry.skip:
-                i = min(n, i + entry.skip)
+            if jumps[here] >= 0:
+                i = jumps[here]
 
     def _pipeline_hits(self, txn: Transaction, phase: int, pipeline: int) -> set[int]:
         """The prefilter hits of every item of the collections the phase's gated rules read."""
         found: set[int] = set()
         db = self.ruleset.prefilters[pipeline]
         plain = not self.ruleset.pipelines[pipeline]
+        cache = txn.transformed.get(pipeline)
+        if cache is None:
+            cache = txn.transformed[pipeline] = {}
+        known = txn.scanned
+        static = txn.static_items
         for collection, keys in self.ruleset.gate_collections[(phase, pipeline)]:
-            for key, raw in txn.items(collection):
+            pairs = static.get(collection)
+            if pairs is None:
+                pairs = static[collection] = txn.items(collection)
+            for key, raw in pairs:
                 if keys is not None and key not in keys and key.lower() not in keys:
                     continue
-                found |= _hits(txn, pipeline, raw if plain else _through(txn, pipeline, raw), db)
+                if plain:
+                    value = raw
+                else:
+                    got = cache.get(raw)
+                    value = got if got is not None else _through(txn, pipeline, raw)
+                hits = known.get(value)
+                if hits is None:
+                    hits = known[value] = scan(db, value)
+                if hits:
+                    found |= hits
         txn.pipeline_hits[(phase, pipeline)] = found
         return found
 
@@ -280,13 +315,7 @@ class Evaluator:
             txn.body_processor = value.upper()
 
 
-_NUMERIC = {
-    "eq": lambda a, b: a == b,
-    "lt": lambda a, b: a < b,
-    "le": lambda a, b: a <= b,
-    "gt": lambda a, b: a > b,
-    "ge": lambda a, b: a >= b,
-}
+_NUMERIC = {"eq": operator.eq, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 
 
 def _tx_may_match(txn: Transaction, fast: tuple[str, str, int]) -> bool | None:
@@ -319,21 +348,18 @@ def _tx_any(txn: Transaction, fast: tuple[tuple[str, str, int], ...]) -> bool | 
 def _hits(txn: Transaction, pipeline: int, value: str, db: object) -> set[int]:
     """The prefilter ids that may match a transformed value; one database serves every pipeline,
     so the hits of a value are shared by all the pipelines that produce it."""
-    key = (-1, value)
-    cache = txn.transform_cache
-    found: set[int] | None = cache.get(key)
+    found = txn.scanned.get(value)
     if found is None:
-        found = scan(db, value)
-        cache[key] = found
+        found = txn.scanned[value] = scan(db, value)
     return found
 
 
 def scan(db: object, value: str) -> set[int]:
     hits: set[int] = set()
-
-    def on_match(pattern_id: int, start: int, end: int, flags: int, context: object) -> bool | None:
-        hits.add(pattern_id)
-        return None
-
-    db.scan(value.encode("latin-1", "replace"), match_event_handler=on_match)  # type: ignore[attr-defined]
+    db.scan(value.encode("latin-1", "replace"), match_event_handler=_on_match, context=hits)  # type: ignore[attr-defined]
     return hits
+
+
+def _on_match(pattern_id: int, start: int, end: int, flags: int, context: set[int]) -> bool | None:
+    context.add(pattern_id)
+    return None

@@ -28,6 +28,20 @@ _BAD_INDEX = re.compile(r"Expression (?:number )?(\d+)")
 _RISKY = re.compile(r"\.[+*{].*\\s[*?{]", re.S)
 
 
+_PROBES = (b"", b"x", b"zz")
+
+
+def _scan(db: Any, value: bytes) -> set[int]:
+    hits: set[int] = set()
+
+    def on_match(pattern_id: int, start: int, end: int, flags: int, context: object) -> bool | None:
+        hits.add(pattern_id)
+        return None
+
+    db.scan(value, match_event_handler=on_match)
+    return hits
+
+
 def _literal(text: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else f"\\x{ord(c):02x}" for c in text)
 
@@ -108,6 +122,15 @@ def build_prefilters(ruleset: RuleSet) -> None:
     # produced it (clean values come out of most pipelines unchanged); pattern ids are global
     links = [link for group in by_pipeline.values() for link in group]
     db, kept = _compile([sources[id(link)].encode("ascii") for link in links])
+    if db is not None:
+        # a pattern that hits even these (`^.*$`, `.`, `(..)$` ...) hits nearly every value: it
+        # rules nothing out and costs a callback per scan, so its rules just run their regex
+        trivial: set[int] = set()
+        for probe in _PROBES:
+            trivial |= _scan(db, probe)
+        if trivial:
+            links = [links[i] for i in kept if i not in trivial]
+            db, kept = _compile([sources[id(link)].encode("ascii") for link in links])
     if db is not None:
         for index in kept:
             links[index].prefilter = index

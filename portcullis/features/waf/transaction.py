@@ -77,11 +77,13 @@ class Transaction:
         self.matches: list[Match] = []
         self.disruptive: Match | None = None
         self.allowed = False
-        self.transform_cache: dict[tuple[int, str], Any] = {}
+        self.transformed: dict[int, dict[str, str]] = {}  # pipeline -> value -> transformed value
+        self.scanned: dict[str, set[int]] = {}  # transformed value -> prefilter hits
         self.values_cache: dict[object, Pairs] = {}
         self.ruleset: Any = None  # the RuleSet being run (set by the evaluator)
         self.prefilter_union: dict[object, set[int]] = {}
         self.pipeline_hits: dict[tuple[int, int], set[int]] = {}
+        self.static_items: dict[str, Pairs] = {}  # the items of request collections, until the body
         self.started = time.time()
         self.unique_id = unique_id
         self._load_request_head()
@@ -182,6 +184,7 @@ class Transaction:
         self.values_cache.clear()
         self.prefilter_union.clear()
         self.pipeline_hits.clear()
+        self.static_items.clear()
         text = body.decode("latin-1")
         if self.body_processor in (None, "URLENCODED"):
             # as in ModSecurity: the raw body only with the URL-encoded processor, or none

@@ -230,3 +230,52 @@ def test_pm_joins_the_prefilter() -> None:
     assert waf.ruleset.rules_by_id[1].prefilter >= 0
     assert [m.rule_id for m in waf.evaluate(req("/?a=see+EVIL.COM")).matches] == [1]
     assert waf.evaluate(req("/?a=evilXcom")).matches == []
+
+
+def test_gate_scans_a_phase_once_and_keeps_results() -> None:
+    rules = "\n".join(
+        [
+            'SecRule REQUEST_HEADERS:User-Agent "@rx sqlmap" "id:1,phase:2,pass,t:none,t:lowercase,msg:ua"',
+            'SecRule ARGS|!ARGS:safe "@rx evil" "id:2,phase:2,pass,t:none,t:lowercase,msg:args"',
+            'SecRule ARGS_NAMES "@rx ^.*$" "id:3,phase:2,pass,t:none,msg:any"',
+        ]
+    )
+    waf = Waf.from_text(rules)
+    by_id = waf.ruleset.rules_by_id
+    assert by_id[1].gate and by_id[2].gate
+    assert by_id[3].prefilter == -1  # hits every value: left out of the prefilter, the regex runs
+    # the UA pattern in another header, an excluded argument: no match for either rule
+    clean = req("/?safe=EVIL&x=1", headers=[("Referer", "sqlmap")])
+    assert ids(waf.evaluate(clean)) == [3]
+    hit = req("/?safe=1&x=EviL", headers=[("User-Agent", "SQLMap/1.0")])
+    assert ids(waf.evaluate(hit)) == [1, 2, 3]
+    assert ids(waf.evaluate(req("/"))) == []
+
+
+def test_tx_targets_give_a_quick_verdict() -> None:
+    rules = "\n".join(
+        [
+            'SecRule &TX:flag|TX:flag "@eq 0" "id:1,phase:1,pass,nolog,skipAfter:END"',
+            'SecAction "id:2,phase:1,pass,msg:between"',
+            "SecMarker END",
+            'SecAction "id:3,phase:1,pass,msg:after"',
+        ]
+    )
+    waf = Waf.from_text(rules)
+    assert waf.ruleset.rules_by_id[1].fast_multi
+    assert ids(waf.evaluate(req("/"))) == [3]  # &TX:flag is 0: skipped
+    flagged = Waf.from_text('SecAction "id:9,phase:1,pass,nolog,setvar:tx.flag=1"\n' + rules)
+    assert ids(flagged.evaluate(req("/"))) == [2, 3]
+
+
+def test_skip_counts_past_markers_as_before() -> None:
+    rules = "\n".join(
+        [
+            'SecAction "id:1,phase:2,pass,nolog,skip:2"',
+            'SecAction "id:2,phase:2,pass,msg:two"',
+            "SecMarker M",
+            'SecAction "id:3,phase:2,pass,msg:three"',
+            'SecAction "id:4,phase:2,pass,msg:four"',
+        ]
+    )
+    assert ids(run(rules, req("/"))) == [3, 4]
