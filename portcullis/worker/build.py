@@ -11,6 +11,7 @@ from portcullis.config.schema import Config, Keepalive, Route
 from portcullis.config.schema import Peer as PeerSpec
 from portcullis.config.units import parse_address
 from portcullis.engine.chain import compile_chain
+from portcullis.engine.filter import Filter
 from portcullis.engine.services import Services
 from portcullis.engine.watchdog import Watchdog
 from portcullis.features.registry import build_filter
@@ -113,9 +114,9 @@ def build_runtime(config: Config, services: Services, watchdog: Watchdog, genera
     return runtime
 
 
-def filters_of(runtime: Runtime) -> list[object]:
+def filters_of(runtime: Runtime) -> list[Filter]:
     """Every filter instance of a runtime once (for start and close)."""
-    seen: dict[int, object] = {}
+    seen: dict[int, Filter] = {}
     for listener in runtime.listeners.values():
         for route in listener.router.routes:
             for flt in route.chain.filters:

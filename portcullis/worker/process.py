@@ -68,7 +68,7 @@ async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
             if kind == "config":
                 try:
                     fresh = _load(message)
-                    worker.swap(fresh, message["generation"])
+                    await worker.swap(fresh, message["generation"])
                     drain_timeout[0] = fresh.server.timeouts.shutdown
                 except (ConfigError, OSError, ValueError) as exc:
                     await channel.send(

@@ -17,7 +17,7 @@ from portcullis.server.edge import AlpnDispatch, EdgeH1Connection, ListenerEdge,
 from portcullis.server.h1 import H1Connection
 from portcullis.tls.acme import challenge_dirs, listener_certificates
 from portcullis.tls.store import CertificateStore
-from portcullis.worker.build import build_runtime
+from portcullis.worker.build import build_runtime, filters_of
 from portcullis.worker.runtime import Runtime
 
 log = logging.getLogger("portcullis")
@@ -39,6 +39,7 @@ class Worker:
         self.runtime: Runtime | None = None
         self.watchdog: Watchdog | None = None
         self._flusher: asyncio.TimerHandle | None = None
+        self._closing: set[asyncio.Task[None]] = set()
         self.stores: dict[str, CertificateStore] = {}
         self._cert_watch: asyncio.TimerHandle | None = None
 
@@ -47,6 +48,7 @@ class Worker:
         self.watchdog = Watchdog(loop)
         self.watchdog.start()
         self.runtime = build_runtime(self.config, self.services, self.watchdog, generation)
+        await self._start_filters(self.runtime)
         self._start_discovery(self.runtime)
         for listener in self.config.listeners:
             store = None
@@ -114,16 +116,34 @@ class Worker:
 
         self._cert_watch = self.watchdog.loop.call_later(interval, check)
 
-    def swap(self, config: Config, generation: int) -> None:
+    async def _start_filters(self, runtime: Runtime) -> None:
+        """Let each filter open what it needs (clients, key sets ...) before it serves."""
+        for flt in filters_of(runtime):
+            await flt.start(self.services)
+
+    async def _close_filters(self, runtime: Runtime, after: float = 0.0) -> None:
+        if after:
+            await asyncio.sleep(after)  # requests of the old generation may still use them
+        for flt in filters_of(runtime):
+            try:
+                await flt.close()
+            except Exception:
+                log.exception("closing a filter failed")
+
+    async def swap(self, config: Config, generation: int) -> None:
         """Provision the new runtime completely, then let new connections use it."""
         assert self.watchdog is not None
         fresh = build_runtime(config, self.services, self.watchdog, generation)
+        await self._start_filters(fresh)
         old, self.runtime, self.config = self.runtime, fresh, config
         self._start_discovery(fresh)
         if old is not None:
             for discovery in old.discoveries:
                 asyncio.get_running_loop().create_task(discovery.stop())
             old.retire()
+            task = asyncio.get_running_loop().create_task(self._close_filters(old, config.server.timeouts.shutdown))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
             # its requests still in flight log to the current file (the retired log is closed, never flushed)
             old.access_log = fresh.access_log
             # connections of the old generation still refer to it until they close
@@ -181,5 +201,7 @@ class Worker:
             self._flusher.cancel()
         if self._cert_watch is not None:
             self._cert_watch.cancel()
+        if runtime is not None:
+            await self._close_filters(runtime)
         if self.watchdog is not None:
             self.watchdog.stop()
