@@ -21,6 +21,24 @@ def _is_hex(c: str) -> bool:
     return c != "" and c in _HEX
 
 
+def _numeric_escape(v: str, i: int, out: list[str]) -> int:
+    """Decode `\\xHH` or a 1-3 digit octal escape at v[i] (a backslash) into `out`; the index
+    after it, or 0 when there is none."""
+    n = len(v)
+    d = v[i + 1]
+    if d == "x" and i + 3 < n and _is_hex(v[i + 2 : i + 3]) and _is_hex(v[i + 3 : i + 4]):
+        out.append(chr(int(v[i + 2 : i + 4], 16)))
+        return i + 4
+    if d in "01234567":
+        j = i + 1
+        while j < n and j < i + 4 and v[j] in "01234567":
+            j += 1
+        out.append(chr(int(v[i + 1 : j], 8) & 0xFF))
+        return j
+    return 0
+
+
+
 def lowercase(v: str) -> str:
     return v.lower() if v.isascii() else "".join(c.lower() if c < "\x80" else c for c in v)
 
@@ -104,16 +122,9 @@ def js_decode(v: str) -> str:
                 out.append(chr(code - 0xFEE0) if 0xFF01 <= code <= 0xFF5E else chr(code & 0xFF))
                 i += 6
                 continue
-            if d == "x" and i + 3 < n + 0 and _is_hex(v[i + 2 : i + 3]) and _is_hex(v[i + 3 : i + 4]):
-                out.append(chr(int(v[i + 2 : i + 4], 16)))
-                i += 4
-                continue
-            if d in "01234567":
-                j = i + 1
-                while j < n and j < i + 4 and v[j] in "01234567":
-                    j += 1
-                out.append(chr(int(v[i + 1 : j], 8) & 0xFF))
-                i = j
+            after = _numeric_escape(v, i, out)
+            if after:
+                i = after
                 continue
             out.append(_JS_SIMPLE.get(d, d))
             i += 2
@@ -328,16 +339,9 @@ def escape_seq_decode(v: str) -> str:
                 out.append(simple[d])
                 i += 2
                 continue
-            if d == "x" and i + 3 < n + 0 and _is_hex(v[i + 2 : i + 3]) and _is_hex(v[i + 3 : i + 4]):
-                out.append(chr(int(v[i + 2 : i + 4], 16)))
-                i += 4
-                continue
-            if d in "01234567":
-                j = i + 1
-                while j < n and j < i + 4 and v[j] in "01234567":
-                    j += 1
-                out.append(chr(int(v[i + 1 : j], 8) & 0xFF))
-                i = j
+            after = _numeric_escape(v, i, out)
+            if after:
+                i = after
                 continue
         out.append(c)
         i += 1
