@@ -38,7 +38,6 @@ def _numeric_escape(v: str, i: int, out: list[str]) -> int:
     return 0
 
 
-
 def lowercase(v: str) -> str:
     return v.lower() if v.isascii() else "".join(c.lower() if c < "\x80" else c for c in v)
 
