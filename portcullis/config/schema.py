@@ -571,6 +571,18 @@ class Route(Strict):
 class Admin(Strict):
     listen: Address = "127.0.0.1:9901"
     token: str | None = None
+    """Bearer token every endpoint but /healthz requires; without one, only loopback is allowed."""
+
+    @model_validator(mode="after")
+    def _loopback_without_token(self) -> Admin:
+        host = parse_address(self.listen)[0]
+        try:
+            loopback = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            loopback = host == "localhost"
+        if self.token is None and not loopback:
+            raise ValueError("an admin listener off loopback needs a token")
+        return self
 
 
 class State(Strict):

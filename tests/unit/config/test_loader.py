@@ -534,3 +534,15 @@ def test_cross_reference_issues_together(tmp_path: Path) -> None:
     _, issues = problems(tmp_path, text)
     keys = [issue.split(": ")[1] for issue in issues]
     assert keys == ["routes[0].upstream", "routes[1].listeners[0]", "routes[1].name", "routes[1].upstream"]
+
+
+def test_admin_off_loopback_needs_a_token(tmp_path) -> None:
+    from portcullis.config import ConfigError, load_config_text
+
+    base = "listeners: [{name: web, listen: 127.0.0.1:8080}]\n"
+    with pytest.raises(ConfigError) as info:
+        load_config_text("admin: {listen: 0.0.0.0:9901}\n" + base, "g.yaml", str(tmp_path))
+    assert "g.yaml:1: admin" in str(info.value)
+    assert "needs a token" in str(info.value)
+    assert load_config_text("admin: {listen: 0.0.0.0:9901, token: t0k}\n" + base, "g.yaml", str(tmp_path)).admin
+    assert load_config_text("admin: {listen: '[::1]:9901'}\n" + base, "g.yaml", str(tmp_path)).admin
