@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import random
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
+from itertools import accumulate
 from typing import Protocol
 
 
@@ -86,21 +88,33 @@ class LeastConn(Selector):
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         best: list[Candidate] = []
         best_load = 0.0
-        for peer in self.peers:
+        fixed = self.fixed_weights
+        for index, peer in enumerate(self.peers):
             if not eligible(peer):
                 continue
-            load = peer.active / peer.weight
+            load = peer.active / (fixed[index] if fixed is not None else peer.weight)
             if not best or load < best_load:
                 best, best_load = [peer], load
             elif load == best_load:
                 best.append(peer)
-        return self.rng.choice(best) if best else None
+        if not best:
+            return None
+        return best[0] if len(best) == 1 else self.rng.choice(best)
 
 
 class RandomChoice(Selector):
     """Weighted random."""
 
+    _cumulative: list[float] | None = None
+
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        fixed = self.fixed_weights
+        if fixed is not None and eligible is _everyone and self.peers:
+            # every peer, weights that never change: one draw on the cumulative weights
+            cumulative = self._cumulative
+            if cumulative is None:
+                cumulative = self._cumulative = list(accumulate(fixed))
+            return self.peers[bisect_right(cumulative, self.rng.random() * cumulative[-1])]
         pool = [p for p in self.peers if eligible(p)]
         if not pool:
             return None
@@ -112,10 +126,20 @@ class P2CEwma(Selector):
     (as Linkerd and Envoy do): two random peers, the one with the lower cost wins."""
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
-        pool = [p for p in self.peers if eligible(p)]
-        if len(pool) <= 1:
+        if eligible is _everyone:
+            pool: Sequence[Candidate] = self.peers
+        else:
+            pool = [p for p in self.peers if eligible(p)]
+        n = len(pool)
+        if n <= 1:
             return pool[0] if pool else None
-        a, b = self.rng.sample(pool, 2)
+        # two distinct peers at random
+        rnd = self.rng.random
+        i = int(rnd() * n)
+        j = int(rnd() * (n - 1))
+        if j >= i:
+            j += 1
+        a, b = pool[i], pool[j]
         return a if _cost(a) <= _cost(b) else b
 
 
