@@ -43,6 +43,14 @@ def _listener_keys(config: Config) -> dict[str, str]:
     }
 
 
+def _close_unused(sockets: dict[str, socket.socket], kept: dict[str, socket.socket]) -> None:
+    """Close the sockets of `sockets` that `kept` does not hold too."""
+    still = {id(sock) for sock in kept.values()}
+    for sock in sockets.values():
+        if id(sock) not in still:
+            sock.close()
+
+
 def _worker_count(config: Config) -> int:
     return (os.cpu_count() or 1) if config.workers == "auto" else int(config.workers)
 
@@ -211,13 +219,11 @@ class Master:
                 await asyncio.gather(*(w.apply(message) for w in self.workers))
                 return
             # listeners changed: bind what is new, start a new generation of workers, drain the old one
+            # a socket is kept by its address, whatever its listener is called now
+            bound = {lst.listen: self.sockets[lst.name] for lst in previous[0].listeners}
             sockets = {}
             for lst in config.listeners:
-                keep = (
-                    self.sockets.get(lst.name)
-                    if old_keys.get(lst.name, "").split("|")[0] == lst.listen
-                    else None
-                )
+                keep = bound.get(lst.listen)
                 sockets[lst.name] = keep if keep is not None else bind_listener(lst.listen)
         except BaseException:
             self.config, self.text, self.generation = previous
@@ -229,12 +235,11 @@ class Master:
         except BaseException:
             self.config, self.text, self.generation = previous
             self.sockets = old_sockets
+            _close_unused(sockets, old_sockets)
             raise
         for worker in old_workers:
             worker.send_signal(signal.SIGTERM)
-        for name, sock in old_sockets.items():
-            if sockets.get(name) is not sock:
-                sock.close()
+        _close_unused(old_sockets, sockets)
 
     # ------------------------------------------------------------------ for the admin API
     async def collect_stats(self) -> list[dict[str, Any]]:
