@@ -323,19 +323,21 @@ def utf8_to_unicode(v: str) -> str:
     return "".join(out)
 
 
+_C_SIMPLE = {**_JS_SIMPLE, "\\": "\\", "?": "?", "'": "'", '"': '"'}
+
+
 def escape_seq_decode(v: str) -> str:
     """ANSI C escapes: `\\a \\b \\f \\n \\r \\t \\v \\\\ \\? \\' \\"`, `\\xHH`, `\\OOO`."""
     if "\\" not in v:
         return v
     out: list[str] = []
     i, n = 0, len(v)
-    simple = {**_JS_SIMPLE, "\\": "\\", "?": "?", "'": "'", '"': '"'}
     while i < n:
         c = v[i]
         if c == "\\" and i + 1 < n:
             d = v[i + 1]
-            if d in simple:
-                out.append(simple[d])
+            if d in _C_SIMPLE:
+                out.append(_C_SIMPLE[d])
                 i += 2
                 continue
             after = _numeric_escape(v, i, out)
