@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from portcullis.config.schema import Config, HealthCheck
-from portcullis.config.units import parse_address
+from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
 
 log = logging.getLogger("portcullis")
@@ -56,10 +56,7 @@ class PeerCheck:
 
 async def probe(url: str, policy: HealthCheck, pattern: re.Pattern[bytes] | None) -> tuple[bool, str]:
     """One HTTP/1.1 GET of the health path: (ok, reason)."""
-    hostport = url.partition("://")[2].rstrip("/")
-    if ":" not in hostport.rsplit("]", 1)[-1]:
-        hostport += ":80"
-    host, port = parse_address(hostport)
+    _, hostport, host, port = parse_peer_url(url)
     writer = None
     try:
         async with asyncio.timeout(policy.timeout):

@@ -20,6 +20,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from portcullis.config.schema import Discovery as DiscoveryConfig
 from portcullis.config.schema import Peer as PeerSpec
+from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
 
 log = logging.getLogger("portcullis")
@@ -38,15 +39,6 @@ class Target:
     max_conns: int
 
 
-def _split(url: str) -> tuple[str, str, int]:
-    scheme, _, rest = url.partition("://")
-    hostport = rest.rstrip("/")
-    host, sep, port = hostport.rpartition(":")
-    if not sep or "]" in port:
-        host, port = hostport, "443" if scheme == "https" else "80"
-    return scheme, host.strip("[]"), int(port)
-
-
 def _is_ip(host: str) -> bool:
     try:
         ipaddress.ip_address(host)
@@ -57,7 +49,7 @@ def _is_ip(host: str) -> bool:
 
 async def expand(spec: PeerSpec, resolve: bool) -> list[Target]:
     """The concrete peers of one configured peer: itself, or one per address of its host name."""
-    scheme, host, port = _split(spec.url)
+    scheme, _, host, port = parse_peer_url(spec.url)
     if not resolve or _is_ip(host):
         return [Target(spec.url, spec.url, spec.weight, spec.backup, spec.max_conns)]
     loop = asyncio.get_running_loop()

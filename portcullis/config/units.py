@@ -60,3 +60,14 @@ def parse_address(value: object) -> tuple[str, int]:
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
     return (host or "0.0.0.0", port)
+
+
+def parse_peer_url(url: str) -> tuple[str, str, str, int]:
+    """`http://host:port` -> (scheme, `host:port`, host, port); the port defaults by scheme and an
+    IPv6 host comes back without its brackets."""
+    scheme, _, rest = url.partition("://")
+    hostport = rest.rstrip("/")
+    if ":" not in hostport.rsplit("]", 1)[-1]:
+        hostport += ":443" if scheme == "https" else ":80"
+    host, port = parse_address(hostport)
+    return scheme, hostport, host, port

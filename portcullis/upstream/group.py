@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from portcullis.balancing.health import Breaker, BreakerPolicy, Outlier, OutlierPolicy, RetryBudget
 from portcullis.balancing.selectors import SELECTORS, Selector
 from portcullis.config.schema import Upstream as UpstreamConfig
-from portcullis.config.units import parse_address
+from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
 from portcullis.tls.upstream import upstream_context
 from portcullis.upstream.pool import Pool
@@ -58,10 +58,7 @@ class Peer:
         self.url = self.key = url
         self.origin = url
         """The configured peer this one comes from (a host name's addresses share it)."""
-        hostport = url.partition("://")[2].rstrip("/")
-        if ":" not in hostport.rsplit("]", 1)[-1]:
-            hostport += ":443" if url.startswith("https://") else ":80"
-        self.host, self.port = parse_address(hostport)
+        _, hostport, self.host, self.port = parse_peer_url(url)
         self.label = hostport
         self.ssl: ssl.SSLContext | None = None  # https:// peers: set by the group
         self.server_hostname: str | None = None
