@@ -18,7 +18,7 @@ from portcullis.engine.downstream import Downstream
 from portcullis.engine.errors import ErrorKind, ProxyError, render_error
 from portcullis.engine.forwarding import forwardable_trailers
 from portcullis.engine.messages import Headers, Response, ResponseHead
-from portcullis.engine.upstream_side import UpstreamSide
+from portcullis.engine.upstream_side import BUFFER_HIGH, UpstreamSide
 from portcullis.upstream.connection import UpstreamConnection
 
 if TYPE_CHECKING:
@@ -27,9 +27,6 @@ if TYPE_CHECKING:
     from portcullis.worker.runtime import Runtime
 
 log = logging.getLogger("portcullis")
-
-
-_BUFFER_HIGH = 64 * 1024
 
 
 class Exchange(UpstreamSide):
@@ -206,7 +203,7 @@ class Exchange(UpstreamSide):
             self._body_buffer = []
         self._body_buffer.append(data)
         self._buffered += len(data)
-        if self._buffered > _BUFFER_HIGH and not self._holding:
+        if self._buffered > BUFFER_HIGH and not self._holding:
             self.ds.pause_reading()
 
     def request_end(self, trailers: Headers | None) -> None:

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from portcullis.worker.runtime import Runtime
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-_BUFFER_HIGH = 64 * 1024
+BUFFER_HIGH = 64 * 1024
+"""Request body held for a peer not connected yet beyond which the client is paused."""
 
 
 def _retry_after(headers: Headers) -> float | None:
@@ -227,7 +228,7 @@ class UpstreamSide:
             conn.write(data)
             self._keep_for_replay(data)
             self._body_buffer = None
-            if self._buffered > _BUFFER_HIGH:
+            if self._buffered > BUFFER_HIGH:
                 self.ds.resume_reading()
             self._buffered = 0
 
