@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -47,6 +48,7 @@ class WorkerHandle:
             *args,
             pass_fds=[child.fileno(), *(s.fileno() for s in sockets.values())],
             stdin=subprocess.DEVNULL,
+            env=_worker_environment(),
         )
         child.close()
         self.channel = await Channel.open(parent)
@@ -131,3 +133,15 @@ class WorkerHandle:
         except TimeoutError:
             self.process.kill()
             await self.process.wait()
+
+
+def _worker_environment() -> dict[str, str]:
+    """The master's environment, with this package importable even when it runs from a checkout.
+
+    A worker runs in the config file's directory, so an import that only worked through the
+    master's working directory would fail there.
+    """
+    env = dict(os.environ)
+    package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH")]))
+    return env
