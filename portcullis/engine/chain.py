@@ -24,6 +24,8 @@ class Chain:
     on_log: tuple[Callable[..., Any], ...]
     holds_body: bool = False
     """A filter needs the whole request body before the request is forwarded."""
+    edits_responses: bool = False
+    """A filter sees or changes a peer's response head or body (else it is forwarded as it is)."""
 
 
 def compile_chain(filters: Sequence[Filter]) -> Chain:
@@ -36,15 +38,19 @@ def compile_chain(filters: Sequence[Filter]) -> Chain:
         seq = reversed(ordered) if reverse else iter(ordered)
         return tuple(getattr(f, name) for f in seq if _overrides(f, name))
 
+    on_upstream_response = hooks("on_upstream_response", reverse=True)
+    on_response = hooks("on_response", reverse=True)
+    on_response_body = hooks("on_response_body", reverse=True)
     return Chain(
         filters=ordered,
         on_request=hooks("on_request"),
         on_request_body=hooks("on_request_body"),
-        on_upstream_response=hooks("on_upstream_response", reverse=True),
-        on_response=hooks("on_response", reverse=True),
-        on_response_body=hooks("on_response_body", reverse=True),
+        on_upstream_response=on_upstream_response,
+        on_response=on_response,
+        on_response_body=on_response_body,
         on_log=hooks("on_log"),
         holds_body=any(f.needs_request_body for f in ordered),
+        edits_responses=bool(on_upstream_response or on_response or on_response_body),
     )
 
 

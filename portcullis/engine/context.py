@@ -67,7 +67,7 @@ class RequestContext:
         raw_path, _, query = target.partition(b"?")
         path = raw_path.decode("latin-1")
         self.query = query.decode("latin-1")
-        if needs_normalizing(path):
+        if ("//" in path or "/." in path or "%" in path) and needs_normalizing(path):
             # routes and the upstream see the resolved path, never `/public/../admin`
             path = normalize_path(path)
             target = path.encode("latin-1") + (b"?" + query if query else b"")

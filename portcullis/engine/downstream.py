@@ -17,6 +17,13 @@ class Downstream(Protocol):
         """Start the response. `length` None with a body means streamed (chunked or close-delimited);
         `close` asks for the connection to end after this response."""
 
+    def forward_head(
+        self, status: int, headers: Headers, no_body: bool, request_id: str, request_id_header: bytes
+    ) -> bool:
+        """Start the response with a peer's head: its fields less the hop-by-hop ones, plus the
+        request id unless the peer sent one. Returns whether the body ends with the peer's close.
+        (`forwarding.forward_head_fields` does this for any codec.)"""
+
     def send_body(self, data: bytes) -> None: ...
 
     def flush(self) -> None:

@@ -39,7 +39,6 @@ class Exchange(UpstreamSide):
         "ds",
         "expect_continue",
         "finished",
-        "head_sent",
         "req_chunked",
         "req_done",
         "req_length",
@@ -98,7 +97,11 @@ class Exchange(UpstreamSide):
     def begin(self, router: Router) -> None:
         """The request head is complete and it is this exchange's turn: route and run the chain."""
         ctx = self.ctx
-        ctx.request_id = self._incoming_request_id() or self.runtime.next_request_id()
+        incoming = ctx.incoming_request_id
+        if incoming is not None and len(incoming) <= 200 and incoming.isascii() and incoming:
+            ctx.request_id = incoming.decode("ascii")
+        else:
+            ctx.request_id = self.runtime.next_request_id()
         route = router.match(ctx)
         if route is None:
             self.fail(ProxyError(ErrorKind.NO_ROUTE, f"no route for {ctx.method} {ctx.host}{ctx.path}"))
@@ -108,16 +111,13 @@ class Exchange(UpstreamSide):
         if self.req_length is not None and self.req_length > route.max_body:
             self.fail(ProxyError(ErrorKind.BODY_TOO_LARGE, f"request body over {route.max_body} bytes"))
             return
-        if route.chain.on_request:
+        chain = route.chain
+        if chain.on_request:
             self._run_request_hooks(0)
-        else:
+        elif chain.holds_body or self._early_body is not None:
             self._forward_or_hold()
-
-    def _incoming_request_id(self) -> str | None:
-        value = self.ctx.incoming_request_id
-        if value and len(value) <= 200 and value.isascii():
-            return value.decode("ascii")
-        return None
+        else:
+            self._forward()
 
     def _run_request_hooks(self, start: int) -> None:
         assert self.route is not None

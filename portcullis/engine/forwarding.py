@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from portcullis.engine.context import RequestContext
 from portcullis.engine.messages import Headers
+
+if TYPE_CHECKING:
+    from portcullis.engine.downstream import Downstream
 
 # RFC 9110 7.6.1: never forwarded, whatever Connection names
 HOP_BY_HOP: Final = frozenset(
@@ -72,6 +75,30 @@ def _address(ip: str) -> tuple[bytes, bytes]:
     return pair
 
 
+def _forwarding_fields(
+    ip: str, host: bytes, proto: bytes, xff: bytes | None, xfp: bytes | None, xfh: bytes | None, fwd: bytes | None
+) -> bytes:
+    """X-Forwarded-For/-Proto/-Host and Forwarded, extending what a trusted proxy sent."""
+    address, node = _address(ip)
+    quoted = host
+    if b'"' in quoted or b"\\" in quoted:
+        quoted = quoted.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 7230 quoted-string
+    this_hop = b"for=" + node + b";proto=" + proto + b';host="' + quoted + b'"'
+    return b"".join((
+        b"X-Forwarded-For: ", address if xff is None else xff + b", " + address, b"\r\n",
+        b"X-Forwarded-Proto: ", xfp or proto, b"\r\n",
+        b"X-Forwarded-Host: ", xfh or host, b"\r\n",
+        b"Forwarded: ", this_hop if fwd is None else fwd + b", " + this_hop, b"\r\n",
+    ))  # fmt: skip
+
+
+# the forwarding fields for a client address, Host and scheme when no trusted proxy sent any:
+# they repeat on every request of a connection
+_FORWARDING: dict[tuple[str, bytes, str], bytes] = {}
+_FORWARDING_MAX = 4096
+_METHODS: dict[str, bytes] = {}
+
+
 def upstream_request_head(
     ctx: RequestContext,
     trusted: bool,
@@ -88,10 +115,18 @@ def upstream_request_head(
     if codes is None:
         codes = _REQUEST_CODES[rid_lower] = {}
     xff = xfp = xfh = fwd = None
-    lines = [ctx.method.encode("latin-1"), b" ", ctx.upstream_path, b" HTTP/1.1\r\n"]
-    if ctx.host_header is None and ctx.header(b"host") is None:
-        # an HTTP/1.0 client may send no Host, but an HTTP/1.1 request must have one (RFC 9112 3.2)
-        lines += (b"Host: ", ctx.host.encode(), b"\r\n")
+    method = _METHODS.get(ctx.method)
+    if method is None:
+        method = ctx.method.encode("latin-1") + b" "
+        if len(_METHODS) < 64:
+            _METHODS[ctx.method] = method
+    lines = [method, ctx.upstream_path, b" HTTP/1.1\r\n"]
+    host = ctx.host_header
+    if host is None:
+        host = ctx.host.encode()
+        if ctx.header(b"host") is None:
+            # an HTTP/1.0 client may send no Host, but an HTTP/1.1 request must have one (RFC 9112 3.2)
+            lines += (b"Host: ", host, b"\r\n")
     for name, value in ctx.headers:
         code = codes.get(name)
         if code is None:
@@ -109,19 +144,18 @@ def upstream_request_head(
                 xfh = value
             elif code == _FWD:
                 fwd = value if fwd is None else fwd + b", " + value
-    ip, node = _address(ctx.client_ip)
-    host = ctx.host_header or ctx.host.encode()
     proto = b"https" if ctx.scheme == "https" else b"http"
-    if b'"' in host or b"\\" in host:
-        host = host.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 7230 quoted-string
-    this_hop = b"for=" + node + b";proto=" + proto + b';host="' + host + b'"'
-    lines += (
-        b"X-Forwarded-For: ", ip if xff is None else xff + b", " + ip, b"\r\n",
-        b"X-Forwarded-Proto: ", xfp or proto, b"\r\n",
-        b"X-Forwarded-Host: ", xfh or ctx.host_header or ctx.host.encode(), b"\r\n",
-        b"Forwarded: ", this_hop if fwd is None else fwd + b", " + this_hop, b"\r\n",
-        request_id_header, b": ", ctx.request_id.encode(), b"\r\n",
-    )  # fmt: skip
+    if xff is None and xfp is None and xfh is None and fwd is None:
+        key = (ctx.client_ip, host, ctx.scheme)
+        fields = _FORWARDING.get(key)
+        if fields is None:
+            fields = _forwarding_fields(ctx.client_ip, host, proto, None, None, None, None)
+            if len(_FORWARDING) >= _FORWARDING_MAX:
+                _FORWARDING.clear()
+            _FORWARDING[key] = fields
+    else:
+        fields = _forwarding_fields(ctx.client_ip, host, proto, xff, xfp, xfh, fwd)
+    lines += (fields, request_id_header, b": ", ctx.request_id.encode(), b"\r\n")
     if upgrade is not None:
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     lines += (framing, b"\r\n")
@@ -169,6 +203,52 @@ def response_headers(headers: Headers, request_id_lower: bytes) -> UpstreamHead:
         if named:
             out = [(k, v) for k, v in out if k.lower() not in named]
     return UpstreamHead(out, length, chunked, has_rid)
+
+
+# flags of `forward_response_fields`
+CHUNKED: Final = 1
+HAS_REQUEST_ID: Final = 2
+NAMES_MORE_FIELDS: Final = 4
+"""The peer's Connection header names fields beyond the fixed hop-by-hop set: use `response_headers`."""
+
+
+def forward_response_fields(headers: Headers, request_id_lower: bytes, lines: list[bytes]) -> tuple[int | None, int]:
+    """The single-pass form of `response_headers` for HTTP/1.1 clients: the end-to-end fields are
+    appended to `lines` as wire bytes. Returns the Content-Length and the flags above."""
+    length: int | None = None
+    flags = 0
+    codes = _RESPONSE_CODES.get(request_id_lower)
+    if codes is None:
+        codes = _RESPONSE_CODES[request_id_lower] = {}
+    for name, value in headers:
+        code = codes.get(name)
+        if code is None:
+            code = _code(name, _RESPONSE_SKIP, request_id_lower, codes)
+        if code == _KEEP:
+            lines += (name, b": ", value, b"\r\n")
+        elif code == _CL:
+            length = int(value)
+        elif code == _CONN:
+            if value.lower() not in _PLAIN_CONNECTION:
+                flags |= NAMES_MORE_FIELDS
+        elif code == _TE:
+            flags |= CHUNKED
+        elif code == _RID:
+            flags |= HAS_REQUEST_ID
+            lines += (name, b": ", value, b"\r\n")
+    return length, flags
+
+
+def forward_head_fields(
+    ds: Downstream, status: int, headers: Headers, no_body: bool, request_id: str, request_id_header: bytes
+) -> bool:
+    """`Downstream.forward_head` through `response_headers` and `send_head`, for any codec."""
+    upstream = response_headers(headers, request_id_header.lower())
+    fields = upstream.headers
+    if not upstream.has_request_id and request_id:
+        fields.append((request_id_header, request_id.encode()))
+    ds.send_head(status, fields, upstream.length, no_body, False)
+    return upstream.length is None and not upstream.chunked and not no_body
 
 
 # RFC 9110 6.5.1: fields about framing, routing or the connection have no place in a trailer

@@ -54,6 +54,7 @@ class UpstreamSide:
         "_task",
         "_tried",
         "_upstream_paused_reading",
+        "head_sent",
         "response_close_delimited",
     )
 
@@ -198,11 +199,13 @@ class UpstreamSide:
         self._attach(conn)
 
     def _attach(self, conn: UpstreamConnection) -> None:
-        group = self._group
-        assert group is not None
+        group, peer = self._group, self._peer
+        assert group is not None and peer is not None
         self._conn = conn
-        assert self._peer is not None
-        self.runtime.upstream_started(self.ctx, group.name, self._peer.label)
+        runtime = self.runtime
+        ctx = self.ctx
+        ctx.upstream_time = runtime.clock()
+        runtime.stats.upstream_attempt(group.name, peer.label)
         conn.bind(cast("Exchange", self), self._head_only, group.response_timeout, group.idle_timeout)
         if self.req_chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
@@ -212,12 +215,7 @@ class UpstreamSide:
             framing = b""
         conn.write(
             upstream_request_head(
-                self.ctx,
-                self.ds.trusted,
-                self.runtime.request_id_header,
-                framing,
-                self.upgrade,
-                self.runtime.request_id_header_lower,
+                ctx, self.ds.trusted, runtime.request_id_header, framing, self.upgrade, runtime.request_id_header_lower
             )
         )
         if self._replay:
@@ -242,37 +240,44 @@ class UpstreamSide:
 
     def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool) -> None:
         ctx = self.ctx
-        if self._group is not None and self._peer is not None:
-            self.runtime.upstream_responded(ctx, self._group.name, self._peer.label)
+        runtime = self.runtime
+        group, peer = self._group, self._peer
+        assert group is not None and peer is not None
+        if ctx.upstream_time is not None:
+            ctx.upstream_time = elapsed = runtime.clock() - ctx.upstream_time
+            runtime.stats.upstream_response(group.name, peer.label, elapsed)
         if status == 101:
             if self.upgrade is None:
                 self.upstream_failed(ProxyError(ErrorKind.UPSTREAM_PROTOCOL, "101 without an upgrade request"))
             # the peer's end-to-end fields (Sec-WebSocket-Accept ...) go with the switch
-            self._switch_headers = response_headers(raw_headers, self.runtime.request_id_header_lower).headers
+            self._switch_headers = response_headers(raw_headers, runtime.request_id_header_lower).headers
             return  # the switch itself happens in upstream_upgraded
-        group, peer = self._group, self._peer
         self._settle(status < 500)
-        if status == 503 and group is not None and peer is not None and not group.trivial:
+        if status == 503 and not group.trivial:
             wait = _retry_after(raw_headers)
             if wait is not None:
                 group.retry_after(peer, wait)  # honoured whether or not this request is retried
-        if (
-            group is not None
-            and peer is not None
-            and status in group.retries.on_statuses
-            and self._may_retry(idempotent_only=True)
-        ):
+        if status in group.retries.on_statuses and self._may_retry(idempotent_only=True):
             self._retry(ProxyError(ErrorKind.UPSTREAM_STATUS, f"peer {peer.label} answered {status}"))
             return
-        upstream = response_headers(raw_headers, self.runtime.request_id_header_lower)
-        if group is not None and group.sticky is not None and peer is not None:
-            add_sticky_cookie(self.ctx, group, peer, upstream.headers)
+        no_body = self._head_only or status == 204 or status == 304
+        route = self.route
+        assert route is not None
+        chain = route.chain
+        if not chain.edits_responses and group.sticky is None:
+            # nothing edits this response: its head goes out in one pass over the peer's fields
+            self.head_sent = True
+            ctx.status = status
+            self.response_close_delimited = self.ds.forward_head(
+                status, raw_headers, no_body, ctx.request_id, runtime.request_id_header
+            )
+            return
+        upstream = response_headers(raw_headers, runtime.request_id_header_lower)
+        if group.sticky is not None:
+            add_sticky_cookie(ctx, group, peer, upstream.headers)
         length = upstream.length
-        no_body = self._head_only or status in (204, 304)
         self.response_close_delimited = length is None and not upstream.chunked and not no_body
         head = ResponseHead(status, upstream.headers)
-        assert self.route is not None
-        chain = self.route.chain
         try:
             for hook in chain.on_upstream_response:
                 hook(ctx, head)

@@ -25,6 +25,7 @@ _SPECIAL: Final = frozenset(
 # RFC 9110 7.2: uri-host [":" port], an IP literal or a reg-name; no userinfo, path, spaces or the
 # commas of a joined repeated Host
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
+_METHOD_NAMES: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +125,7 @@ class H1RequestReader:
         "_trailers",
         "_upgrade",
         "_url",
+        "_valid_host",
         "in_head",
     )
 
@@ -137,6 +139,8 @@ class H1RequestReader:
         self._line_done = False
         self._head_bytes = 0
         self._feed_body = False
+        self._valid_host = b""
+        """The last Host that passed the syntax check (a connection repeats it)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -275,7 +279,8 @@ class H1RequestReader:
             raise ProxyError(ErrorKind.BAD_REQUEST, "repeated Host header")
         if self._host_count == 0 and version == "1.1":
             raise ProxyError(ErrorKind.BAD_REQUEST, "missing Host header")
-        method = parser.get_method().decode("latin-1")
+        raw_method = parser.get_method()
+        method = _METHOD_NAMES.get(raw_method) or raw_method.decode("latin-1")
         if method == "CONNECT":
             raise ProxyError(ErrorKind.METHOD_NOT_ALLOWED, "CONNECT is not supported")
         target = self._url
@@ -299,8 +304,10 @@ class H1RequestReader:
                 self._headers.append((b"Host", host))
             elif not (target == b"*" and method == "OPTIONS"):
                 raise ProxyError(ErrorKind.BAD_REQUEST, "invalid request target")
-        if host is not None and not _HOST.fullmatch(host):
-            raise ProxyError(ErrorKind.BAD_REQUEST, "invalid Host header")
+        if host is not None and host != self._valid_host:
+            if not _HOST.fullmatch(host):
+                raise ProxyError(ErrorKind.BAD_REQUEST, "invalid Host header")
+            self._valid_host = host
         if self._chunked and version == "1.0":
             # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
             raise ProxyError(ErrorKind.BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")

@@ -11,10 +11,8 @@ from typing import Any, Final
 
 # seconds; the same buckets for request and upstream durations
 BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
-_METHOD_CLASS: Final = {
-    "GET": "GET", "HEAD": "HEAD", "POST": "POST", "PUT": "PUT", "DELETE": "DELETE", "PATCH": "PATCH",
-    "OPTIONS": "OPTIONS",
-}  # fmt: skip
+# methods with a label of their own; the rest are counted as "other"
+_METHOD_CLASS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"})
 
 
 class Histogram:
@@ -36,7 +34,7 @@ class WorkerStats:
     """Counters one worker keeps; every key is a tuple of label values."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, str], int] = {}
+        self.requests: dict[tuple[str, str, int], int] = {}
         self.durations: dict[str, Histogram] = {}
         self.upstream_attempts: dict[tuple[str, str], int] = {}
         self.upstream_failures: dict[tuple[str, str, str], int] = {}
@@ -46,12 +44,15 @@ class WorkerStats:
         self.rejected: dict[str, int] = {}
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, _METHOD_CLASS.get(method, "other"), f"{status // 100}xx")
-        self.requests[key] = self.requests.get(key, 0) + 1
+        # the status is classed once per key in `snapshot`, not per request
+        key = (route, method if method in _METHOD_CLASS else "other", status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
         hist = self.durations.get(route)
         if hist is None:
             hist = self.durations[route] = Histogram()
-        hist.observe(seconds)
+        hist.counts[bisect_left(BUCKETS, seconds)] += 1
+        hist.sum += seconds
 
     def upstream_attempt(self, upstream: str, peer: str) -> None:
         key = (upstream, peer)
@@ -75,10 +76,17 @@ class WorkerStats:
     def reject(self, kind: str) -> None:
         self.rejected[kind] = self.rejected.get(kind, 0) + 1
 
+    def _classed_requests(self) -> dict[tuple[str, str, str], int]:
+        classed: dict[tuple[str, str, str], int] = {}
+        for (route, method, status), count in self.requests.items():
+            key = (route, method, f"{status // 100}xx")
+            classed[key] = classed.get(key, 0) + count
+        return classed
+
     def snapshot(self, gauges: dict[str, Any]) -> dict[str, Any]:
         """A JSON-able copy, sent to the master."""
         return {
-            "requests": [[*k, v] for k, v in self.requests.items()],
+            "requests": [[*k, v] for k, v in self._classed_requests().items()],
             "durations": {k: h.snapshot() for k, h in self.durations.items()},
             "upstream_attempts": [[*k, v] for k, v in self.upstream_attempts.items()],
             "upstream_failures": [[*k, v] for k, v in self.upstream_failures.items()],

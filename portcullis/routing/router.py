@@ -49,6 +49,16 @@ class CompiledRoute:
     methods: frozenset[str] | None = None
     headers: tuple[tuple[bytes, bytes | None], ...] = field(default_factory=tuple)
 
+    def matches_everything(self) -> bool:
+        return (
+            self.host is None
+            and self.path is None
+            and self.path_prefix in (None, "/")
+            and self.path_regex is None
+            and self.methods is None
+            and not self.headers
+        )
+
     def matches(self, ctx: RequestContext) -> bool:
         if self.host is not None and not self.host.matches(ctx.host):
             return False
@@ -70,12 +80,18 @@ class CompiledRoute:
 class Router:
     """The routes one listener serves, in file order."""
 
-    __slots__ = ("routes",)
+    __slots__ = ("catch_all", "routes")
 
     def __init__(self, routes: Sequence[CompiledRoute]) -> None:
         self.routes = tuple(routes)
+        first = self.routes[0] if self.routes else None
+        self.catch_all = first if first is not None and first.matches_everything() else None
+        """The first route, when it matches every request (no route after it can)."""
 
     def match(self, ctx: RequestContext) -> CompiledRoute | None:
+        catch_all = self.catch_all
+        if catch_all is not None and (catch_all.path_prefix is None or ctx.path.startswith("/")):
+            return catch_all
         for route in self.routes:
             if route.matches(ctx):
                 return route

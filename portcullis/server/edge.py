@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
+from portcullis.engine.forwarding import forward_head_fields
 from portcullis.engine.messages import Headers
 from portcullis.http.h1 import RequestHead
 from portcullis.server.h1 import H1Connection, status_line
@@ -146,6 +147,14 @@ class EdgeH1Connection(H1Connection):
         if hsts is not None and not any(n.lower() == _HSTS for n, _ in headers):
             headers.append((b"Strict-Transport-Security", hsts))
         super().send_head(status, headers, length, no_body, close)
+
+    def forward_head(
+        self, status: int, headers: Headers, no_body: bool, request_id: str, request_id_header: bytes
+    ) -> bool:
+        if self._edge.hsts is None:
+            return super().forward_head(status, headers, no_body, request_id, request_id_header)
+        # the codec's fast path writes the peer's fields as they are: HSTS needs them through send_head
+        return forward_head_fields(self, status, headers, no_body, request_id, request_id_header)
 
     def _redirect(self, head: RequestHead, port: int) -> None:
         host = self._host_name(head.host)

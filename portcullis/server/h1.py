@@ -13,6 +13,13 @@ from typing import TYPE_CHECKING, cast
 from portcullis.engine.context import RequestContext
 from portcullis.engine.errors import ErrorKind, ProxyError, reason_phrase, render_error
 from portcullis.engine.exchange import Exchange
+from portcullis.engine.forwarding import (
+    CHUNKED,
+    HAS_REQUEST_ID,
+    NAMES_MORE_FIELDS,
+    forward_head_fields,
+    forward_response_fields,
+)
 from portcullis.engine.messages import Headers
 from portcullis.http.h1 import H1RequestReader, RequestHead, UpgradeRequested
 
@@ -38,6 +45,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
     __slots__ = (
         "_active",
         "_closing",
+        "_host_bytes",
+        "_host_str",
         "_keep_alive",
         "_listener",
         "_out",
@@ -78,6 +87,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._out: bytes | None = None
         self._keep_alive = True
         self._version = "1.1"
+        self._host_bytes: bytes | None = None  # the last Host and its name, reused while it repeats
+        self._host_str = ""
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -198,9 +209,14 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
     def _host_name(self, host: bytes | None) -> str:
         if not host:
             return self._listener.host
+        if host == self._host_bytes:
+            return self._host_str
         if host.startswith(b"["):
-            return host[: host.find(b"]") + 1].decode("latin-1").lower()
-        return host.partition(b":")[0].decode("latin-1").lower()
+            name = host[: host.find(b"]") + 1].decode("latin-1").lower()
+        else:
+            name = host.partition(b":")[0].decode("latin-1").lower()
+        self._host_bytes, self._host_str = host, name
+        return name
 
     # ================================================================== Downstream, for the exchange
     def send_head(
@@ -209,6 +225,22 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         lines = [status_line(status)]
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
+        self._end_head(lines, status, length, no_body, close)
+
+    def forward_head(
+        self, status: int, headers: Headers, no_body: bool, request_id: str, request_id_header: bytes
+    ) -> bool:
+        lines = [status_line(status)]
+        length, flags = forward_response_fields(headers, self._runtime.request_id_header_lower, lines)
+        if flags & NAMES_MORE_FIELDS:
+            return forward_head_fields(self, status, headers, no_body, request_id, request_id_header)
+        if not flags & HAS_REQUEST_ID and request_id:
+            lines += (request_id_header, b": ", request_id.encode(), b"\r\n")
+        self._end_head(lines, status, length, no_body, False)
+        return length is None and not flags & CHUNKED and not no_body
+
+    def _end_head(self, lines: list[bytes], status: int, length: int | None, no_body: bool, close: bool) -> None:
+        """Add the framing and connection fields to a head's field lines; hold it for the body."""
         self._resp_chunked = False
         if length is not None and status != 204 and status >= 200:
             lines.append(b"Content-Length: %d\r\n" % length)

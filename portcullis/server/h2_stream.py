@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import h2.errors
 import h2.exceptions
 
+from portcullis.engine.forwarding import forward_head_fields
 from portcullis.engine.messages import Headers
 
 if TYPE_CHECKING:
@@ -63,6 +64,11 @@ class H2Stream:
         self._blocked = False  # the exchange was told to stop reading its upstream
 
     # ------------------------------------------------------------------ Downstream
+    def forward_head(
+        self, status: int, headers: Headers, no_body: bool, request_id: str, request_id_header: bytes
+    ) -> bool:
+        return forward_head_fields(self, status, headers, no_body, request_id, request_id_header)
+
     def send_head(self, status: int, headers: Headers, length: int | None, no_body: bool, close: bool) -> None:
         conn = self.conn
         out: Headers = [(b":status", STATUS.get(status) or str(status).encode())]

@@ -27,6 +27,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_idle_timeout",
         "_in_trailers",
         "_parser",
+        "_paused",
         "_response_timeout",
         "_state",
         "_trailers",
@@ -56,6 +57,7 @@ class UpstreamConnection(asyncio.Protocol):
         self._response_timeout = 60.0
         self._head_only = False
         self._bound = False
+        self._paused = False
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -136,7 +138,8 @@ class UpstreamConnection(asyncio.Protocol):
         headers, self._headers = self._headers, []
         self.exchange.upstream_head(status, headers, self._parser.should_keep_alive())
         if self._head_only and self.exchange is not None and status != 101:
-            self._finish()
+            parser, self._parser = self._parser, None  # it would wait for the body the head announced
+            self._finish(parser.should_keep_alive())
 
     def on_body(self, body: bytes) -> None:
         exchange = self.exchange
@@ -167,7 +170,7 @@ class UpstreamConnection(asyncio.Protocol):
             and self.exchange is not None  # not when the exchange dropped this connection (a retry)
             and parser.get_status_code() != 101
         ):
-            self._finish()
+            self._finish(parser.should_keep_alive())
 
     # ------------------------------------------------------------------ used by the exchange
     def reusable(self) -> bool:
@@ -181,21 +184,25 @@ class UpstreamConnection(asyncio.Protocol):
 
     def park(self, deadline: float) -> None:
         """Back to the pool: idle until `deadline`."""
-        self._unbind()
-        self._parser = None
+        self.exchange = None
+        if self._bound:
+            self._bound = False
+            self.pool.busy -= 1
         self._state = _IDLE
         self.deadline = deadline
-        if self.transport is not None:
-            # the response may have ended while a slow client had reading paused: an idle
-            # connection must read again, or the next exchange on it waits forever
-            self.transport.resume_reading()
+        if self._paused:
+            # the response ended while a slow client had reading paused: an idle connection
+            # must read again, or the next exchange on it waits forever
+            self.resume_reading()
 
     def bind(self, exchange: Exchange, head_only: bool, response_timeout: float, idle_timeout: float) -> None:
         self.exchange = exchange
         if not self._bound:
             self._bound = True
             self.pool.busy += 1
-        self._parser = httptools.HttpResponseParser(self)
+        if self._parser is None:
+            # a parser that ended its last response cleanly reads the next one on the connection
+            self._parser = httptools.HttpResponseParser(self)
         self._headers = []
         self._trailers = None
         self._in_trailers = False
@@ -216,10 +223,12 @@ class UpstreamConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._paused = True
             self.transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self.transport is not None and not self.closed:
+            self._paused = False
             self.transport.resume_reading()
 
     def close(self) -> None:
@@ -247,10 +256,9 @@ class UpstreamConnection(asyncio.Protocol):
             exchange.upstream_failed(ProxyError(ErrorKind.UPSTREAM_TIMEOUT, "upstream stalled mid-response"))
 
     # ------------------------------------------------------------------ internals
-    def _finish(self) -> None:
+    def _finish(self, reusable: bool) -> None:
         exchange = self.exchange
-        assert exchange is not None and self._parser is not None
-        reusable = self._parser.should_keep_alive()
+        assert exchange is not None
         self._state = _IDLE
         self.deadline = 0.0
         exchange.upstream_complete(self._trailers, reusable=reusable)

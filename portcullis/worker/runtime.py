@@ -109,15 +109,6 @@ class Runtime:
         """Close every client connection that is between requests; the number still busy."""
         return sum(1 for conn in list(self.connections) if not conn.close_if_idle())
 
-    def upstream_started(self, ctx: RequestContext, upstream: str, peer: str) -> None:
-        ctx.upstream_time = self.clock()
-        self.stats.upstream_attempt(upstream, peer)
-
-    def upstream_responded(self, ctx: RequestContext, upstream: str, peer: str) -> None:
-        if ctx.upstream_time is not None:
-            ctx.upstream_time = elapsed = self.clock() - ctx.upstream_time
-            self.stats.upstream_response(upstream, peer, elapsed)
-
     def upstream_failed(self, upstream: str, peer: str, error: ProxyError) -> None:
         self.stats.upstream_failure(upstream, peer, error.kind.value)
 
