@@ -134,6 +134,11 @@ class Acme(Strict):
     """First wait after a failure; doubled after each one, up to an hour."""
 
 
+class SessionTickets(Strict):
+    rotate: Duration = Field(default=12 * 3600.0, gt=0)
+    """A new ticket key this often; the one before still resumes sessions for one more interval."""
+
+
 class ListenerTls(Strict):
     certificates: list[Certificate]
     """The first one is the default (clients without SNI, or names no certificate covers).
@@ -149,6 +154,8 @@ class ListenerTls(Strict):
     hsts: Hsts | None = None
     http2: bool = True
     """Offer h2 by ALPN."""
+    session_tickets: SessionTickets | None = SessionTickets()
+    """Ticket keys made by the master, shared by all workers (null: each worker keeps its own)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -521,6 +528,15 @@ class WafExclusion(Strict):
         return self
 
 
+class WafRegexLimits(Strict):
+    """Guards on the `@rx` of the config's own rules (`rules`, `rule_files`) against runaway regexes."""
+
+    timeout: Duration = Field(default=0.1, le=10.0)
+    """A search that runs longer is stopped and counts as a match (0: no limit)."""
+    max_input: Size = Field(default=64 * 1024, ge=0)
+    """Characters of a value a regex sees (the start of a longer one; 0: no cap)."""
+
+
 class WafFilter(Strict):
     type: Literal["waf"]
     crs: str | None = None
@@ -536,6 +552,27 @@ class WafFilter(Strict):
     """Request body bytes inspected; a longer body is rejected (413) or passed per `on_body_limit`."""
     on_body_limit: Literal["reject", "pass"] = "reject"
     status: int = Field(default=403, ge=400, le=599)
+    response_inspection: bool = False
+    """Run phases 3 and 4 (response head and body: the CRS data-leakage rules)."""
+    max_response_body: Size = 64 * 1024
+    """Response body bytes inspected (RESPONSE_BODY); the rest streams on uninspected."""
+    response_body_types: list[str] = ["text/plain", "text/html", "text/xml"]
+    """Media types whose bodies are inspected; phase 4 sees the others without a body."""
+    response_body_mode: Literal["hold", "stream"] = "hold"
+    """hold: the inspected part waits for phase 4, so a block is a clean answer; stream: bytes
+    flow on as they come, and a block after some were sent cuts the connection."""
+    audit_log: str | None = None
+    """A JSON line per blocked (or, in detect mode, would-be blocked) transaction: `stdout`,
+    `stderr` or a file (reopened on SIGUSR1)."""
+    regex_limits: WafRegexLimits = WafRegexLimits()
+
+    @field_validator("response_body_types")
+    @classmethod
+    def _media_types(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+", item):
+                raise ValueError(f"{item!r} is not a media type such as text/html")
+        return [item.lower() for item in value]
 
     @field_validator("crs")
     @classmethod

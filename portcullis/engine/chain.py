@@ -26,6 +26,8 @@ class Chain:
     """A filter needs the whole request body before the request is forwarded."""
     edits_responses: bool = False
     """A filter sees or changes a peer's response head or body (else it is forwarded as it is)."""
+    holds_response: bool = False
+    """A filter may hold the response head back with the body (Filter.holds_response)."""
 
 
 def compile_chain(filters: Sequence[Filter]) -> Chain:
@@ -51,6 +53,7 @@ def compile_chain(filters: Sequence[Filter]) -> Chain:
         on_log=hooks("on_log"),
         holds_body=any(f.needs_request_body for f in ordered),
         edits_responses=bool(on_upstream_response or on_response or on_response_body),
+        holds_response=any(f.holds_response for f in ordered),
     )
 
 

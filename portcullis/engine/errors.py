@@ -36,6 +36,7 @@ class ErrorKind(enum.Enum):
     NO_HEALTHY_PEER = "no_healthy_peer"
     # ours
     INTERNAL = "internal"
+    REFUSED = "refused"
 
 
 _TABLE: Final[dict[ErrorKind, tuple[int, Source, bool]]] = {
@@ -57,6 +58,7 @@ _TABLE: Final[dict[ErrorKind, tuple[int, Source, bool]]] = {
     ErrorKind.UPSTREAM_STATUS: (502, Source.UPSTREAM, True),
     ErrorKind.NO_HEALTHY_PEER: (503, Source.UPSTREAM, False),
     ErrorKind.INTERNAL: (500, Source.INTERNAL, False),
+    ErrorKind.REFUSED: (403, Source.INTERNAL, False),  # a filter refused the peer's response (Refuse)
 }
 
 

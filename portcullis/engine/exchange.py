@@ -80,10 +80,11 @@ class Exchange(UpstreamSide):
         self._body_buffer: list[bytes] | None = None
         self._buffered = 0
         self._sent_body = False
-        self._switch_headers: Headers = []
+        self._switch_headers: Headers | None = None
         self._conn: UpstreamConnection | None = None
         self._conn_reused = False
         self._group: UpstreamGroup | None = None
+        self._held_head: tuple[ResponseHead, bool | None] | None = None
         self._peer: Peer | None = None
         self._task: asyncio.Task[None] | None = None
         self._upstream_paused_reading = False
@@ -242,7 +243,7 @@ class Exchange(UpstreamSide):
     # ================================================================== upgrade tunnel
     def upstream_upgraded(self, leftover: bytes) -> None:
         """The peer switched protocols: from now on bytes flow untouched both ways."""
-        headers = [(b"Connection", b"upgrade"), (b"Upgrade", self.upgrade or b""), *self._switch_headers]
+        headers = [(b"Connection", b"upgrade"), (b"Upgrade", self.upgrade or b""), *(self._switch_headers or ())]
         self.head_sent = True
         self.ctx.status = 101
         self.ds.send_switch(headers)

@@ -21,12 +21,27 @@ from portcullis.engine.services import Services
 RequestOutcome = Response | None | Awaitable[Response | None]
 
 
+class Refuse(Exception):
+    """Raised by `on_upstream_response` or `on_response_body` to refuse the peer's response: the
+    exchange answers `response` instead while nothing of the peer's response has been sent, and
+    cuts the connection once something has (a client must not take a part for the whole)."""
+
+    def __init__(self, response: Response, reason: str = "response refused") -> None:
+        super().__init__(reason)
+        self.response = response
+        self.reason = reason
+
+
 class Filter:
     kind: ClassVar[str] = ""
     phase: ClassVar[Phase] = Phase.RESPOND
     needs_request_body: ClassVar[bool] = False
     """True: the exchange holds the request until its body is complete (on_request_body saw
     end=True) before forwarding, so the filter can still answer instead (body inspection)."""
+    holds_response: ClassVar[bool] = False
+    """True: the exchange sends a peer's response head only with the first body bytes the body
+    hooks let through (or at the end), so a body hook that holds bytes back can still `Refuse`
+    the response with a clean answer (response inspection)."""
 
     async def start(self, services: Services) -> None:
         """Open clients, fetch keys ...; called once before the config serves traffic."""

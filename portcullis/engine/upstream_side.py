@@ -8,18 +8,18 @@ answer and error paths these methods end in.
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from portcullis.engine.errors import ErrorKind, ProxyError
+from portcullis.engine.filter import Refuse
 from portcullis.engine.forwarding import forwardable_trailers, response_headers, upstream_request_head
-from portcullis.engine.messages import Headers, ResponseHead
+from portcullis.engine.messages import Headers, Response, ResponseHead
 from portcullis.upstream.connection import UpstreamConnection
 from portcullis.upstream.sticky import add_sticky_cookie
 
 if TYPE_CHECKING:
     from portcullis.engine.context import RequestContext
     from portcullis.engine.downstream import Downstream
-    from portcullis.engine.exchange import Exchange
     from portcullis.routing.router import CompiledRoute
     from portcullis.upstream.group import Peer, UpstreamGroup
     from portcullis.worker.runtime import Runtime
@@ -44,6 +44,7 @@ class UpstreamSide:
         "_conn",
         "_conn_reused",
         "_group",
+        "_held_head",
         "_peer",
         "_peer_open",
         "_replay",
@@ -76,10 +77,11 @@ class UpstreamSide:
     _body_buffer: list[bytes] | None
     _buffered: int
     _sent_body: bool
-    _switch_headers: Headers
+    _switch_headers: Headers | None
     _conn: UpstreamConnection | None
     _conn_reused: bool
     _group: UpstreamGroup | None
+    _held_head: tuple[ResponseHead, bool | None] | None
     _peer: Peer | None
     _task: asyncio.Task[None] | None
     _upstream_paused_reading: bool
@@ -104,6 +106,9 @@ class UpstreamSide:
     def _finish(self, keep_alive: bool = True) -> None:
         raise NotImplementedError
 
+    def respond(self, response: Response) -> None:
+        raise NotImplementedError
+
     def _forward(self) -> None:
         route = self.route
         assert route is not None
@@ -125,7 +130,8 @@ class UpstreamSide:
         """Pick a peer (another one on a retry) and send the request to it."""
         group = self._group
         assert group is not None
-        peer = group.select(self.ctx, self._tried)
+        tried = self._tried
+        peer = group.peers[0] if group.trivial and not tried else group.select(self.ctx, tried)
         if peer is None:
             if group.at_capacity():
                 self._task = asyncio.get_running_loop().create_task(self._wait_for_room())
@@ -206,7 +212,7 @@ class UpstreamSide:
         ctx = self.ctx
         ctx.upstream_time = runtime.clock()
         runtime.stats.upstream_attempt(group.name, peer.label)
-        conn.bind(cast("Exchange", self), self._head_only, group.response_timeout, group.idle_timeout)
+        conn.bind(self, self._head_only, group.response_timeout, group.idle_timeout)  # type: ignore[arg-type]
         if self.req_chunked:
             framing = b"Transfer-Encoding: chunked\r\n"
         elif self.req_length is not None:
@@ -283,13 +289,34 @@ class UpstreamSide:
                 hook(ctx, head)
             for hook in chain.on_response:
                 hook(ctx, head)
+        except Refuse as refusal:
+            self._refused(refusal)
+            return
         except Exception as exc:
             self._internal_error(exc)
             return
         if chain.on_response_body and not no_body:
             length = None  # a body filter may change the length
         has_rid = upstream.has_request_id if not chain.on_response else None
+        if chain.holds_response and not no_body:
+            self._held_head = (head, has_rid)  # sent with the first body bytes let through
+            return
         self._send_head(head, length, no_body, False, has_rid)
+
+    def _release_head(self, length: int | None) -> None:
+        held = self._held_head
+        assert held is not None
+        self._held_head = None
+        self._send_head(held[0], length, False, False, held[1])
+
+    def _refused(self, refusal: Refuse) -> None:
+        """A response hook refused the peer's response: answer instead while nothing of it has
+        been sent; once something has, cut the connection."""
+        self._held_head = None
+        if self.head_sent:
+            self.fail(ProxyError(ErrorKind.REFUSED, refusal.reason))
+        else:
+            self.respond(refusal.response)
 
     def flush_downstream(self) -> None:
         """Called after each read from the peer, so nothing waits longer than one read."""
@@ -299,9 +326,15 @@ class UpstreamSide:
         if self.finished:
             return
         assert self.route is not None
-        for hook in self.route.chain.on_response_body:
-            chunk = hook(self.ctx, chunk, False)
+        try:
+            for hook in self.route.chain.on_response_body:
+                chunk = hook(self.ctx, chunk, False)
+        except Refuse as refusal:
+            self._refused(refusal)
+            return
         if chunk:
+            if self._held_head is not None:
+                self._release_head(None)
             self.ctx.bytes_out += len(chunk)
             self.ds.send_body(chunk)
 
@@ -317,12 +350,18 @@ class UpstreamSide:
             return
         assert self.route is not None
         tail = b""
-        for hook in self.route.chain.on_response_body:
-            tail = hook(self.ctx, tail, True)
+        try:
+            for hook in self.route.chain.on_response_body:
+                tail = hook(self.ctx, tail, True)
+        except Refuse as refusal:
+            self._refused(refusal)
+            return
+        if self._held_head is not None:
+            self._release_head(len(tail))  # the whole body is known: it gets a Content-Length
         if tail:
             self.ctx.bytes_out += len(tail)
             self.ds.send_body(tail)
-        self.ds.send_end(forwardable_trailers(trailers))
+        self.ds.send_end(forwardable_trailers(trailers) if trailers else None)
         self._resp_done = True
         if self.req_done:
             self._finish()
@@ -369,6 +408,8 @@ class UpstreamSide:
         group = self._group
         if group is None or self.head_sent or self.finished or self._attempts >= group.retries.attempts:
             return False
+        if self._held_head is not None:
+            return False  # the response has begun (its head is only held back)
         if self.upgrade is not None:
             return False
         if idempotent_only and self.ctx.method not in _IDEMPOTENT:

@@ -9,7 +9,7 @@ from portcullis.config import schema
 from portcullis.engine.filter import Filter
 from portcullis.engine.services import Services
 from portcullis.features.actions import answer, headers, rewrite
-from portcullis.features.waf import filter as waf
+from portcullis.features.waf import factory as waf
 
 Builder = Callable[[Any, Services], Filter]
 

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import json
 import json.encoder
-import sys
 import time
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
+
+from portcullis.observability.log_file import LogFile
 
 if TYPE_CHECKING:
     from portcullis.engine.context import RequestContext
-
-_FLUSH_AT = 64 * 1024
 
 
 def _header(ctx: RequestContext, name: bytes) -> str:
@@ -69,46 +68,10 @@ def combined_line(ctx: RequestContext, total: float) -> str:
     )
 
 
-class AccessLog:
+class AccessLog(LogFile):
     def __init__(self, path: str, fmt: str) -> None:
-        self.path = path
+        super().__init__(path)
         self.format = combined_line if fmt == "combined" else json_line
-        self._buffer: list[str] = []
-        self._size = 0
-        self._stream: IO[str] = self._open()
-
-    def _open(self) -> IO[str]:
-        if self.path == "stdout":
-            return sys.stdout
-        if self.path == "stderr":
-            return sys.stderr
-        return open(self.path, "a", encoding="utf-8")
 
     def write(self, ctx: RequestContext, total: float) -> None:
-        line = self.format(ctx, total)
-        self._buffer.append(line)
-        self._size += len(line)
-        if self._size >= _FLUSH_AT:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self._buffer:
-            return
-        try:
-            self._stream.write("".join(self._buffer))
-            self._stream.flush()
-        except OSError:
-            pass  # a full disk must not take the proxy down; the lines are dropped
-        self._buffer.clear()
-        self._size = 0
-
-    def reopen(self) -> None:
-        self.flush()
-        if self._stream not in (sys.stdout, sys.stderr):
-            self._stream.close()
-            self._stream = self._open()
-
-    def close(self) -> None:
-        self.flush()
-        if self._stream not in (sys.stdout, sys.stderr):
-            self._stream.close()
+        self.write_line(self.format(ctx, total))

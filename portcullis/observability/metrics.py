@@ -41,6 +41,25 @@ def _histogram(name: str, doc: str, labels: list[str], data: dict[tuple[str, ...
     return family
 
 
+def _waf(snaps: list[dict[str, Any]]) -> Iterator[Metric]:
+    matches = CounterMetricFamily(
+        "portcullis_waf_rule_matches", "WAF rules that matched, by route and rule id.", labels=["route", "rule"]
+    )
+    for labels, value in _merge_counts(snaps, "waf_rule_matches").items():
+        matches.add_metric(list(labels), value)
+    yield matches
+    blocked = CounterMetricFamily("portcullis_waf_blocked", "Transactions the WAF blocked.", labels=["route"])
+    for labels, value in _merge_counts(snaps, "waf_blocked").items():
+        blocked.add_metric(list(labels), value)
+    yield blocked
+    detected = CounterMetricFamily(
+        "portcullis_waf_detected", "Transactions the WAF would have blocked (detect mode).", labels=["route"]
+    )
+    for labels, value in _merge_counts(snaps, "waf_detected").items():
+        detected.add_metric(list(labels), value)
+    yield detected
+
+
 class _Collector:
     def __init__(self, snapshots: list[dict[str, Any]], master: dict[str, Any]) -> None:
         self.snapshots = snapshots
@@ -97,6 +116,7 @@ class _Collector:
         for kind, value in merged_rejected.items():
             rejected.add_metric([kind], value)
         yield rejected
+        yield from _waf(snaps)
         yield CounterMetricFamily(
             "portcullis_connections", "Client connections accepted.",
             value=sum(s.get("connections_total", 0) for s in snaps),

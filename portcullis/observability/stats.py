@@ -42,6 +42,9 @@ class WorkerStats:
         self.upstream_retries: dict[tuple[str, str], int] = {}
         self.connections_total = 0
         self.rejected: dict[str, int] = {}
+        self.waf_rule_matches: dict[tuple[str, str], int] = {}
+        self.waf_blocked: dict[str, int] = {}
+        self.waf_detected: dict[str, int] = {}
 
     def request(self, route: str, method: str, status: int, seconds: float) -> None:
         # the status is classed once per key in `snapshot`, not per request
@@ -71,7 +74,16 @@ class WorkerStats:
         hist = self.upstream_durations.get(key)
         if hist is None:
             hist = self.upstream_durations[key] = Histogram()
-        hist.observe(seconds)
+        hist.counts[bisect_left(BUCKETS, seconds)] += 1
+        hist.sum += seconds
+
+    def waf_match(self, route: str, rule_id: int) -> None:
+        key = (route, str(rule_id))
+        self.waf_rule_matches[key] = self.waf_rule_matches.get(key, 0) + 1
+
+    def waf_verdict(self, route: str, blocked: bool) -> None:
+        counts = self.waf_blocked if blocked else self.waf_detected
+        counts[route] = counts.get(route, 0) + 1
 
     def reject(self, kind: str) -> None:
         self.rejected[kind] = self.rejected.get(kind, 0) + 1
@@ -94,5 +106,8 @@ class WorkerStats:
             "upstream_durations": [[*k, h.snapshot()] for k, h in self.upstream_durations.items()],
             "connections_total": self.connections_total,
             "rejected": dict(self.rejected),
+            "waf_rule_matches": [[*k, v] for k, v in self.waf_rule_matches.items()],
+            "waf_blocked": [[k, v] for k, v in self.waf_blocked.items()],
+            "waf_detected": [[k, v] for k, v in self.waf_detected.items()],
             "gauges": gauges,
         }

@@ -1,5 +1,6 @@
 """The control channel between the master and a worker: one JSON object per line over a
-socket pair. Master to worker: `config`, `stats`. Worker to master: `ready`, `error`, `stats`."""
+socket pair. Master to worker: `config` (with the session-ticket secrets), `tickets` (a rotation),
+`health`, `stats`. Worker to master: `ready`, `error`, `stats`."""
 
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ from portcullis.balancing.active import HealthChecker, PeerCheck
 from portcullis.config import Config, ConfigError, load_config_text
 from portcullis.observability.events import event, setup_logging
 from portcullis.supervisor.sockets import BindError, bind_listener
+from portcullis.supervisor.tickets import TicketRotation
 from portcullis.supervisor.workers import WorkerHandle
 from portcullis.tls.acme import AcmeManager
 
@@ -78,6 +79,9 @@ class Master:
         self.health = HealthChecker(config, self._health_changed)
         self.acme = AcmeManager(config)  # ACME issuance and renewal happen once, here
         self._pending: set[asyncio.Task[None]] = set()
+        self.tickets = TicketRotation()  # session-ticket secrets for all workers (portcullis.tls.tickets)
+        self.tickets.ensure(config)
+        self._ticket_task: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ start and stop
     async def start(self) -> None:
@@ -94,6 +98,7 @@ class Master:
         await self._start_generation(_worker_count(self.config))
         self.health.start()
         self.acme.start()
+        self._restart_ticket_rotation()
         self.ready = True
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(self.reload()))
@@ -130,6 +135,21 @@ class Master:
         self.workers = fresh
         return fresh
 
+    def _restart_ticket_rotation(self) -> None:
+        if self._ticket_task is not None:
+            self._ticket_task.cancel()
+        self._ticket_task = asyncio.get_running_loop().create_task(self._rotate_tickets())
+
+    async def _rotate_tickets(self) -> None:
+        """Rotate each listener's ticket secret when due and send the new set to every worker."""
+        while (due := self.tickets.next_due(self.config)) is not None:
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            async with self._reload_lock:  # a generation being started gets the secrets as they are after it
+                if not self.tickets.rotate_due(self.config):
+                    continue
+                message = {"type": "tickets", "tickets": self.tickets.message()}
+                await asyncio.gather(*(w.send(message) for w in self.workers))
+
     def worker_died(self, handle: WorkerHandle, returncode: int) -> None:
         """Called when a worker process exits; a current worker that dies is replaced."""
         if self.stopping or handle not in self.workers:
@@ -149,6 +169,8 @@ class Master:
         if self.stopping:
             return
         self.stopping = True
+        if self._ticket_task is not None:
+            self._ticket_task.cancel()
         await self.acme.stop()
         event(log, "stopping", f"stopping on {sig.name}: draining requests in flight")
         for server in self._servers:
@@ -182,12 +204,15 @@ class Master:
             try:
                 fresh_acme = AcmeManager(config)
                 fresh_acme.prepare()
+                self.tickets.ensure(config)  # new listeners' workers need theirs from the start
                 await self._apply(config, text)
             except (BindError, RuntimeError, TimeoutError, OSError) as exc:
                 return self._reload_failed(str(exc) or type(exc).__name__)
             await self.acme.stop()
             self.acme = fresh_acme
             self.acme.start()
+            self.tickets.prune(config)
+            self._restart_ticket_rotation()
             previous = self.health
             await previous.stop()
             self.health = HealthChecker(config, self._health_changed, previous.checks)

@@ -54,7 +54,7 @@ class WorkerHandle:
         self.channel = await Channel.open(parent)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._watch())]
-        await self.channel.send(config_message)
+        await self.channel.send(self._with_tickets(config_message))
         for message in self.master.health_messages():
             await self.channel.send(message)
 
@@ -101,8 +101,13 @@ class WorkerHandle:
     async def apply(self, config_message: dict[str, Any]) -> None:
         assert self.channel is not None
         self.error = None
-        await self.channel.send(config_message)
+        await self.channel.send(self._with_tickets(config_message))
         await asyncio.wait_for(self.wait_ready(int(config_message["generation"])), 15.0)
+
+    def _with_tickets(self, config_message: dict[str, Any]) -> dict[str, Any]:
+        """The session-ticket secrets as they are when the message leaves (a rotation may have
+        happened since the config message was made, before this worker could be told)."""
+        return {**config_message, "tickets": self.master.tickets.message()}
 
     async def send(self, message: dict[str, Any]) -> None:
         if self.channel is not None and not self._exited():

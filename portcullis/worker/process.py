@@ -17,6 +17,7 @@ import uvloop
 from portcullis.config import ConfigError, load_config_text
 from portcullis.observability.events import event, setup_logging
 from portcullis.supervisor.control import Channel
+from portcullis.tls.tickets import decode_secrets
 from portcullis.worker.serve import Worker
 
 log = logging.getLogger("portcullis")
@@ -38,7 +39,7 @@ async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
     os.chdir(first["base_dir"])
     config = _load(first)
     sockets = {name: socket.socket(fileno=fd) for name, fd in listeners.items()}
-    worker = Worker(config, sockets)
+    worker = Worker(config, sockets, decode_secrets(first.get("tickets")))
     await worker.start(first["generation"])
     # the config's objects live as long as the worker: keep them out of the collector's scans
     gc.freeze()
@@ -69,6 +70,7 @@ async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
                 try:
                     fresh = _load(message)
                     await worker.swap(fresh, message["generation"])
+                    worker.set_ticket_secrets(decode_secrets(message.get("tickets")))
                     drain_timeout[0] = fresh.server.timeouts.shutdown
                 except (ConfigError, OSError, ValueError) as exc:
                     await channel.send(
@@ -78,6 +80,8 @@ async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
                 await channel.send({"type": "ready", "generation": message["generation"], "pid": os.getpid()})
             elif kind == "health":
                 worker.set_health(message["upstream"], message["peer"], bool(message["ok"]), str(message["reason"]))
+            elif kind == "tickets":
+                worker.set_ticket_secrets(decode_secrets(message.get("tickets")))
             elif kind == "stats":
                 await channel.send({"type": "stats", "id": message["id"], "data": worker.snapshot()})
 

@@ -9,14 +9,16 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from portcullis.config.schema import Config, ListenerTls
+from portcullis.config.schema import Config, Listener, ListenerTls
 from portcullis.engine.services import Services
 from portcullis.engine.watchdog import Watchdog
 from portcullis.observability.events import event
+from portcullis.observability.log_file import flush_shared, reopen_shared
 from portcullis.server.edge import AlpnDispatch, EdgeH1Connection, ListenerEdge, PrefaceDispatch, build_edge, needs_edge
 from portcullis.server.h1 import H1Connection
 from portcullis.tls.acme import challenge_dirs, listener_certificates
 from portcullis.tls.store import CertificateStore
+from portcullis.tls.tickets import TicketKeys, binding, listener_label
 from portcullis.worker.build import build_runtime, filters_of
 from portcullis.worker.runtime import Runtime
 
@@ -31,7 +33,9 @@ def tls_context(tls: ListenerTls) -> ssl.SSLContext:
 class Worker:
     """Serves the listeners on pre-bound sockets with the current runtime."""
 
-    def __init__(self, config: Config, sockets: dict[str, socket.socket]) -> None:
+    def __init__(
+        self, config: Config, sockets: dict[str, socket.socket], tickets: dict[str, list[bytes]] | None = None
+    ) -> None:
         self.config = config
         self.sockets = sockets
         self.services = Services()  # outlives reloads: pools, stats
@@ -42,6 +46,9 @@ class Worker:
         self._closing: set[asyncio.Task[None]] = set()
         self.stores: dict[str, CertificateStore] = {}
         self._cert_watch: asyncio.TimerHandle | None = None
+        self.ticket_secrets = tickets or {}
+        """Each TLS listener's session-ticket secrets from the master, newest first."""
+        self.tickets: dict[str, TicketKeys] = {}
 
     async def start(self, generation: int = 0) -> None:
         loop = asyncio.get_running_loop()
@@ -56,6 +63,7 @@ class Worker:
                 alpn = ["h2", "http/1.1"] if listener.tls.http2 else ["http/1.1"]
                 store = CertificateStore(listener.tls, alpn, listener_certificates(listener.name, listener.tls))
                 self.stores[listener.name] = store
+                self._share_tickets(listener, store)
             edge = build_edge(listener, self.config.server, store, challenge_dirs(self.config))
             server = await loop.create_server(
                 self._factory(listener.name, edge),
@@ -95,6 +103,29 @@ class Worker:
         if edge.store is not None:
             return lambda: AlpnDispatch(h1, make_h2)
         return lambda: PrefaceDispatch(h1, make_h2)
+
+    def _share_tickets(self, listener: Listener, store: CertificateStore) -> None:
+        """Session tickets with the master's keys, so every worker resumes every worker's sessions."""
+        if listener.tls is None or listener.tls.session_tickets is None:
+            return
+        lib = binding()
+        if lib is not None:
+            self.tickets[listener.name] = TicketKeys(listener_label(listener), lib)
+            self._apply_tickets(listener.name)
+
+    def set_ticket_secrets(self, secrets: dict[str, list[bytes]]) -> None:
+        """New secrets from the master (a rotation): new tickets use the newest at once."""
+        self.ticket_secrets = secrets
+        for name in list(self.tickets):
+            self._apply_tickets(name)
+
+    def _apply_tickets(self, name: str) -> None:
+        keys, secrets = self.tickets[name], self.ticket_secrets.get(name)
+        if not secrets:
+            return  # OpenSSL's own keys until the master's arrive
+        keys.update(secrets)
+        if not keys.installed and not keys.install(self.stores[name].context):
+            del self.tickets[name]
 
     def _schedule_cert_watch(self) -> None:
         """Poll the certificate files; a renewed file serves new handshakes without a restart."""
@@ -173,12 +204,14 @@ class Worker:
     def reopen_logs(self) -> None:
         if self.runtime is not None and self.runtime.access_log is not None:
             self.runtime.access_log.reopen()
+        reopen_shared()  # the WAF audit logs
 
     def _schedule_flush(self) -> None:
         if self.watchdog is None:
             return
         if self.runtime is not None and self.runtime.access_log is not None:
             self.runtime.access_log.flush()
+        flush_shared()
         self._flusher = self.watchdog.loop.call_later(0.25, self._schedule_flush)
 
     async def drain(self, timeout: float) -> None:

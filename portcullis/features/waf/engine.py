@@ -188,13 +188,17 @@ class Evaluator:
         txn.rule_id, txn.rule_severity, txn.rule_msg = rule.id, rule.severity, rule.msg
         txn.matched_vars = [(name, value)]
         txn.matched_var, txn.matched_var_name = value, name
+        txn.matched_text = value
         self._actions(txn, rule)
         if rule.msg:
             txn.rule_msg = txn.expand(rule.msg)
             txn.matches.append(self._match_record(txn, rule))
 
     def _match_record(self, txn: Transaction, rule: Rule) -> Match:
-        return Match(rule.id, txn.expand(rule.msg), rule.severity, txn.matched_var_name, txn.matched_var, rule.tags)
+        return Match(
+            rule.id, txn.expand(rule.msg), rule.severity, txn.matched_var_name, txn.matched_var, rule.tags, rule.phase,
+            txn.matched_text,
+        )
 
     def _rule(self, txn: Transaction, rule: Rule) -> bool:
         """Whether the rule (with its chain) matched; runs its actions when it did."""
@@ -262,6 +266,7 @@ class Evaluator:
                     continue
                 matched = True
                 txn.matched_var, txn.matched_var_name = value, name
+                txn.matched_text = caps[0] if caps else value
                 txn.matched_vars.append((name, value))
                 if link.capture and caps:
                     for index, cap in enumerate(caps[:10]):

@@ -1,49 +1,68 @@
-"""The WAF filter: phase 1 rules on the request head, phase 2 on the complete body.
+"""The WAF filter: phase 1 rules on the request head, phase 2 on the complete body, and what a
+verdict leaves behind (the decision, the metrics, the audit log).
 
-The compiled rule set is shared (and cached by settings, so routes and reloads with the same
-WAF config compile it once); the per-request `Transaction` lives in `ctx.vars["waf"]`.
+The compiled rule set is shared (see `factory.py`); the per-request `Transaction` lives in
+`ctx.vars["waf"]` when a later hook needs it. Response inspection is `response.py`.
 """
 
 from __future__ import annotations
 
 import logging
-import threading
 from typing import ClassVar
 
-from portcullis.config.errors import ConfigError, ConfigIssue
 from portcullis.config.schema import WafFilter
 from portcullis.engine.context import RequestContext
 from portcullis.engine.filter import Filter, RequestOutcome
 from portcullis.engine.messages import Response
 from portcullis.engine.phases import Phase
 from portcullis.engine.services import Services
-from portcullis.features.waf.loader import Exclusion, Waf, WafSettings, describe
-from portcullis.features.waf.seclang import SecLangError
+from portcullis.features.waf.audit import audit_line
+from portcullis.features.waf.loader import Waf, describe, inbound_score, outbound_score
 from portcullis.features.waf.transaction import HttpRequest, Transaction
+from portcullis.observability.log_file import LogFile, acquire_shared, release_shared
+from portcullis.observability.stats import WorkerStats
 
 log = logging.getLogger("portcullis.waf")
 
-_CACHE: dict[WafSettings, Waf] = {}
-_LOCK = threading.Lock()
+BLOCKED_BODY = b"request blocked by the WAF\n"
 
 
-def compiled(settings: WafSettings) -> Waf:
-    with _LOCK:
-        waf = _CACHE.get(settings)
-        if waf is None:
-            waf = _CACHE[settings] = Waf.from_settings(settings)
-        return waf
+class State:
+    """What a transaction carries between hooks (in `ctx.vars["waf"]`)."""
 
-
-class _State:
-    __slots__ = ("body", "done", "size", "truncated", "txn")
+    __slots__ = (
+        "body",
+        "done",
+        "held",
+        "inbound",
+        "inspect",
+        "response_done",
+        "response_start",
+        "sent",
+        "size",
+        "truncated",
+        "txn",
+    )
 
     def __init__(self, txn: Transaction) -> None:
         self.txn = txn
+        # the request body, until phase 2
         self.body: list[bytes] = []
         self.size = 0
         self.truncated = False
         self.done = False
+        # the response (response.py)
+        self.inbound = 0  # the inbound score when the request phases ended
+        self.response_start = 0  # the first match of the response phases
+        self.inspect = False  # the response body is read for phase 4
+        self.held: list[bytes] = []  # response body bytes seen (held, in hold mode)
+        self.sent = False  # response body bytes were let through
+        self.response_done = True  # phase 4 has run (or will not)
+
+
+def state_of(ctx: RequestContext) -> State | None:
+    state = ctx.vars.get("waf") if ctx.vars else None
+    return state if isinstance(state, State) else None
 
 
 def http_request(ctx: RequestContext) -> HttpRequest:
@@ -64,7 +83,7 @@ class WafAction(Filter):
     phase: ClassVar[Phase] = Phase.INSPECT
     needs_request_body: ClassVar[bool] = True
 
-    def __init__(self, config: WafFilter, waf: Waf) -> None:
+    def __init__(self, config: WafFilter, waf: Waf, stats: WorkerStats | None = None) -> None:
         self.waf = waf
         self.block = config.mode == "block"
         self.max_body = config.max_body
@@ -72,23 +91,39 @@ class WafAction(Filter):
         self.status = config.status
         self.phase1 = 1 in waf.request_phases
         self.phase2 = 2 in waf.request_phases
+        self.stats = stats
+        self.audit_path = config.audit_log
+        self.audit: LogFile | None = None
+        self.keeps_state = False
+        """The transaction outlives the request hooks (the response side reads it)."""
 
+    async def start(self, services: Services) -> None:
+        if self.audit_path is not None and self.audit is None:
+            self.audit = acquire_shared(self.audit_path)
+
+    async def close(self) -> None:
+        if self.audit is not None:
+            release_shared(self.audit)
+            self.audit = None
+
+    # ------------------------------------------------------------------ request
     def on_request(self, ctx: RequestContext) -> RequestOutcome:
         txn = self.waf.begin(http_request(ctx))
         if self.phase1:
             self.waf.phase(txn, 1)
             if txn.disruptive is not None:
                 return self._verdict(ctx, txn)
+        if ctx.body_pending or self.keeps_state:
+            if ctx.vars is None:
+                ctx.vars = {}
+            ctx.vars["waf"] = State(txn)
         if not ctx.body_pending:
             return self._finish(ctx, txn, b"")
-        if ctx.vars is None:
-            ctx.vars = {}
-        ctx.vars["waf"] = _State(txn)
         return None
 
     def on_request_body(self, ctx: RequestContext, chunk: bytes, end: bool) -> Response | None:
-        state = ctx.vars.get("waf") if ctx.vars else None
-        if not isinstance(state, _State) or state.done:
+        state = state_of(ctx)
+        if state is None or state.done:
             return None
         if chunk and not state.truncated:
             room = self.max_body - state.size
@@ -106,7 +141,9 @@ class WafAction(Filter):
         if not end:
             return None
         state.done = True
-        return self._finish(ctx, state.txn, b"".join(state.body))
+        body = b"".join(state.body)
+        state.body = []
+        return self._finish(ctx, state.txn, body)
 
     def _finish(self, ctx: RequestContext, txn: Transaction, body: bytes) -> Response | None:
         if self.phase2:
@@ -114,35 +151,50 @@ class WafAction(Filter):
             self.waf.phase(txn, 2)
         if txn.disruptive is not None:
             return self._verdict(ctx, txn)
+        self.count(ctx, txn)
+        if self.keeps_state:
+            state = state_of(ctx)
+            if state is not None:
+                state.inbound = inbound_score(txn)
+                state.response_start = len(txn.matches)
         return None
 
     def _verdict(self, ctx: RequestContext, txn: Transaction) -> Response | None:
         what = describe(txn)
         ids = ",".join(str(m.rule_id) for m in txn.matches)
+        phase = txn.disruptive.phase if txn.disruptive is not None else 0
         if self.block:
             ctx.decision = f"waf: blocked by {what}"
             log.info("waf blocked %s %s: %s [rules %s]", ctx.method, ctx.path, what, ids)
-            return Response(self.status, [(b"Content-Type", b"text/plain")], b"request blocked by the WAF\n")
+            self.report(ctx, txn, phase, "blocked", self.status, inbound_score(txn))
+            return Response(self.status, [(b"Content-Type", b"text/plain")], BLOCKED_BODY)
         ctx.decision = f"waf: detected {what}"
         log.info("waf detected %s %s: %s [rules %s]", ctx.method, ctx.path, what, ids)
+        self.report(ctx, txn, phase, "detected", None, inbound_score(txn))
         return None
 
+    # ------------------------------------------------------------------ what a verdict leaves
+    def count(self, ctx: RequestContext, txn: Transaction) -> None:
+        """Count the matches not counted yet, by rule id."""
+        matches = txn.matches
+        if len(matches) <= txn.reported or self.stats is None:
+            return
+        route = ctx.route.name if ctx.route is not None else ""
+        for match in matches[txn.reported :]:
+            if match.rule_id:
+                self.stats.waf_match(route, match.rule_id)
+        txn.reported = len(matches)
 
-def settings_of(config: WafFilter) -> WafSettings:
-    return WafSettings(
-        crs=config.crs,
-        paranoia=config.paranoia,
-        inbound_threshold=config.anomaly_threshold.inbound,
-        outbound_threshold=config.anomaly_threshold.outbound,
-        rules=tuple(config.rules),
-        rule_files=tuple(config.rule_files),
-        exclusions=tuple(Exclusion(e.rule_id, e.tag, e.target) for e in config.exclusions),
-    )
-
-
-def build(config: WafFilter, services: Services) -> Filter:
-    try:
-        waf = compiled(settings_of(config))
-    except (SecLangError, OSError) as exc:
-        raise ConfigError([ConfigIssue("<waf>", 0, "waf", str(exc))]) from None
-    return WafAction(config, waf)
+    def report(
+        self, ctx: RequestContext, txn: Transaction, phase: int, action: str, status: int | None, inbound: int
+    ) -> None:
+        """A verdict: metrics and the audit line. `action`: blocked, connection_cut or detected."""
+        self.count(ctx, txn)
+        if self.stats is not None:
+            self.stats.waf_verdict(ctx.route.name if ctx.route is not None else "", action != "detected")
+        if self.audit is not None:
+            line = audit_line(
+                ctx, txn.matches, phase=phase, action=action, status=status, inbound=inbound,
+                outbound=outbound_score(txn), decision=ctx.decision or "",
+            )  # fmt: skip
+            self.audit.write_line(line)

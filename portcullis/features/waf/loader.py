@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from portcullis.features.waf.engine import Evaluator
 from portcullis.features.waf.prefilter import build_prefilters
-from portcullis.features.waf.ruleset import RuleSet, compile_ruleset
+from portcullis.features.waf.ruleset import Guard, RuleSet, compile_ruleset
 from portcullis.features.waf.transaction import HttpRequest, Match, Transaction
 
 _SETUP_CANDIDATES = ("crs-setup.conf.example", "crs-setup.conf")
@@ -33,6 +33,8 @@ class WafSettings:
     rules: tuple[str, ...] = ()
     rule_files: tuple[str, ...] = ()
     exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
+    regex_timeout: float = 0.1  # the limits on the `@rx` of `rules` and `rule_files`
+    regex_max_input: int = 64 * 1024
 
 
 def _read(path: str) -> str:
@@ -88,6 +90,16 @@ def exclusion_rules(exclusions: tuple[Exclusion, ...]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _rules_name(index: int) -> str:
+    return f"<rules[{index}]>"
+
+
+def user_guard(s: WafSettings) -> Guard:
+    """The regex limits for the user's own rules (the CRS keeps Python's `re`: see docs/waf.md)."""
+    names = frozenset([*s.rule_files, *(_rules_name(i) for i in range(len(s.rules)))])
+    return Guard(names, s.regex_timeout, s.regex_max_input)
+
+
 def load_sources(s: WafSettings) -> list[tuple[str, str]]:
     sources: list[tuple[str, str]] = []
     if s.crs:
@@ -102,7 +114,7 @@ def load_sources(s: WafSettings) -> list[tuple[str, str]]:
     for path in s.rule_files:
         sources.append((path, _read(path)))
     for index, text in enumerate(s.rules):
-        sources.append((f"<rules[{index}]>", text))
+        sources.append((_rules_name(index), text))
     if s.exclusions:
         sources.append(("<exclusions>", exclusion_rules(s.exclusions)))
     return sources
@@ -115,10 +127,11 @@ class Waf:
         self.ruleset = ruleset
         self.evaluator = Evaluator(ruleset)
         self.request_phases = tuple(p for p in (1, 2) if ruleset.phase_used(p))
+        self.response_phases = tuple(p for p in (3, 4) if ruleset.phase_used(p))
 
     @classmethod
     def from_settings(cls, settings: WafSettings) -> Waf:
-        ruleset = compile_ruleset(load_sources(settings))
+        ruleset = compile_ruleset(load_sources(settings), user_guard(settings))
         build_prefilters(ruleset)
         return cls(ruleset)
 
@@ -143,12 +156,28 @@ class Waf:
         return txn
 
 
-def describe(txn: Transaction) -> str:
-    """`blocked by 942100 (SQL Injection ...), score 5`: the first scoring rule names the block."""
-    score = txn.tx.get("anomaly_score") or txn.tx.get("blocking_inbound_anomaly_score") or "0"
+def inbound_score(txn: Transaction) -> int:
+    return _number(txn.tx.get("anomaly_score") or txn.tx.get("blocking_inbound_anomaly_score"))
+
+
+def outbound_score(txn: Transaction) -> int:
+    return _number(txn.tx.get("outbound_anomaly_score"))
+
+
+def _number(text: str | None) -> int:
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
+
+
+def describe(txn: Transaction, start: int = 0, outbound: bool = False) -> str:
+    """`blocked by 942100 (SQL Injection ...), score 5`: the first scoring rule names the block.
+    `start`: the first match to consider; `outbound`: a response verdict, with its own score."""
+    score = f"outbound score {outbound_score(txn)}" if outbound else f"score {inbound_score(txn)}"
     scoring = [
         m
-        for m in txn.matches
+        for m in txn.matches[start:]
         if m.rule_id and not (949000 <= m.rule_id < 950000 or 959000 <= m.rule_id < 960000 or m.rule_id >= 980000)
     ]
     critical = [m for m in scoring if m.severity == "CRITICAL"]
@@ -157,5 +186,5 @@ def describe(txn: Transaction) -> str:
     if culprit is None:
         culprit = txn.disruptive
     if culprit is None:
-        return f"score {score}"
-    return f"{culprit.rule_id} ({culprit.msg}), score {score}"
+        return score
+    return f"{culprit.rule_id} ({culprit.msg}), {score}"

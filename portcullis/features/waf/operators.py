@@ -7,6 +7,7 @@ no match, or the list of captures (`TX.0`, `TX.1` ...; possibly empty) for a mat
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 from collections.abc import Callable
@@ -25,6 +26,7 @@ except ImportError:  # pragma: no cover - optional accelerator
 Captures = list[str] | None
 Expander = Callable[[str], str]
 MACRO = re.compile(r"%\{([^}]+)\}")
+log = logging.getLogger("portcullis.waf")
 
 
 class OperatorError(ValueError):
@@ -77,6 +79,53 @@ class MacroRx(Operator):
         if m is None:
             return None
         return [m.group(0), *(g or "" for g in m.groups()[:9])]
+
+
+def _regex_engine(pattern: str) -> Any:
+    try:
+        return _regex.compile(pattern.replace("\\z", "\\Z"), _regex.S | _regex.A | _regex.V0)
+    except Exception as exc:  # regex raises its own error type
+        raise OperatorError(f"invalid regular expression {pattern!r}: {exc}") from None
+
+
+class GuardedRx(Rx):
+    """The `@rx` of a user rule: run by the `regex` engine, which can stop a search after a time
+    limit (Python's `re` cannot), over at most `max_input` characters of the value. A search
+    stopped by the limit makes the rule fire (a match, or for `!@rx` no match): only the request
+    whose data caused it is refused."""
+
+    def __init__(
+        self, arg: str, timeout: float, max_input: int, macro: bool = False, negated: bool = False
+    ) -> None:
+        self.pattern = None if macro else arg
+        self.arg = arg
+        self.macro = macro
+        self.regex = None if macro else _regex_engine(arg)
+        self.timeout = timeout or None
+        self.max_input = max_input
+        self.on_timeout: Captures = None if negated else []
+
+    def __call__(self, value: str, expand: Expander) -> Captures:
+        if self.max_input and len(value) > self.max_input:
+            value = value[: self.max_input]
+        compiled = _regex_engine(expand(self.arg)) if self.macro else self.regex
+        try:
+            m = compiled.search(value, timeout=self.timeout)
+        except TimeoutError:
+            log.warning("a regex ran over its time limit (%ss), the rule fires: %.200r", self.timeout, self.arg)
+            return self.on_timeout
+        if m is None:
+            return None
+        return [m.group(0), *(g or "" for g in m.groups()[:9])]
+
+
+def guard_regex(op: Operator, timeout: float, max_input: int, negated: bool = False) -> Operator:
+    """The operator with the user-rule regex limits, if it is an `@rx`."""
+    if isinstance(op, Rx) and not isinstance(op, GuardedRx):
+        return GuardedRx(op.pattern or "", timeout, max_input, negated=negated)
+    if isinstance(op, MacroRx):
+        return GuardedRx(op.arg, timeout, max_input, macro=True, negated=negated)
+    return op
 
 
 class Pm(Operator):

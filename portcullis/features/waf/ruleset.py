@@ -8,7 +8,7 @@ import re
 from dataclasses import dataclass, field
 
 from portcullis.features.waf import transforms as T
-from portcullis.features.waf.operators import Operator, OperatorError, compile_operator
+from portcullis.features.waf.operators import Operator, OperatorError, compile_operator, guard_regex
 from portcullis.features.waf.seclang import (
     Directive,
     RuleSpec,
@@ -206,9 +206,10 @@ def _in_ranges(rule_id: int, ranges: list[tuple[int, int]]) -> bool:
 
 
 class _Compiler:
-    def __init__(self, builder: _Builder, base_dirs: dict[str, str]) -> None:
+    def __init__(self, builder: _Builder, base_dirs: dict[str, str], guard: Guard | None = None) -> None:
         self.builder = builder
         self.base_dirs = base_dirs
+        self.guard = guard
         self.pipelines: dict[tuple[str, ...], int] = {}
         self.pipeline_funcs: list[tuple[T.Transform, ...]] = []
         self.parents: list[int] = []
@@ -284,6 +285,8 @@ class _Compiler:
         pipeline, funcs = self.pipeline(names)
         base = self.base_dirs.get(spec.source, ".")
         operator = compile_operator(spec.operator, spec.operator_arg, base)
+        if self.guard is not None and spec.source in self.guard.sources:
+            operator = guard_regex(operator, self.guard.timeout, self.guard.max_input, spec.operator_negated)
         rule_id = spec.id if head is None else head.id
         targets = [t for t in spec.targets if not t.negated]
         exclusions = [TargetSpec(t.collection, t.key, t.key_regex, t.count, False) for t in spec.targets if t.negated]
@@ -317,7 +320,16 @@ class _Compiler:
         return rule
 
 
-def compile_ruleset(sources: list[tuple[str, str]]) -> RuleSet:
+@dataclass(frozen=True)
+class Guard:
+    """The regex limits (`GuardedRx`) and the sources whose rules get them: the user's own."""
+
+    sources: frozenset[str]
+    timeout: float
+    max_input: int
+
+
+def compile_ruleset(sources: list[tuple[str, str]], guard: Guard | None = None) -> RuleSet:
     """Compile `(source name, text)` pairs in order; raise SecLangError listing every error."""
     builder = _Builder()
     base_dirs: dict[str, str] = {}
@@ -327,7 +339,7 @@ def compile_ruleset(sources: list[tuple[str, str]]) -> RuleSet:
             builder.add(parse_directives(text, name))
         except SecLangError as exc:
             builder.errors.append(str(exc))
-    compiler = _Compiler(builder, base_dirs)
+    compiler = _Compiler(builder, base_dirs, guard)
     phases: dict[int, list[Entry]] = {p: [] for p in range(1, 6)}
     rules_by_id: dict[int, Rule] = {}
     for spec in builder.specs:

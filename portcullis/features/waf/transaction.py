@@ -36,6 +36,8 @@ class Match:
     var_name: str
     value: str
     tags: list[str]
+    phase: int = 0
+    data: str = ""  # what the operator matched (a regex's match, a phrase ...), or the value
 
 
 _MACRO = re.compile(r"%\{([^}]+)\}")
@@ -63,6 +65,7 @@ class Transaction:
         self.persistent: dict[str, dict[str, str]] = {"IP": {}, "GLOBAL": {}, "SESSION": {}, "USER": {}}
         self.matched_var = ""
         self.matched_var_name = ""
+        self.matched_text = ""
         self.matched_vars: Pairs = []
         self.rule_id = 0
         self.rule_msg = ""
@@ -86,6 +89,7 @@ class Transaction:
         self.static_items: dict[str, Pairs] = {}  # the items of request collections, until the body
         self.started = time.time()
         self.unique_id = unique_id
+        self.reported = 0  # matches already counted in the metrics
         self._load_request_head()
 
     # ------------------------------------------------------------------ request data
@@ -179,12 +183,34 @@ class Transaction:
     def _args_combined(self) -> None:
         self.scalars["ARGS_COMBINED_SIZE"] = str(sum(len(k) + len(v) for k, v in self.collections["ARGS"]))
 
-    def load_body(self, body: bytes) -> None:
-        """Run the request body processor (at the start of phase 2)."""
+    def _forget_values(self) -> None:
+        """New data arrived: the values cached from the collections before it are stale."""
         self.values_cache.clear()
         self.prefilter_union.clear()
         self.pipeline_hits.clear()
         self.static_items.clear()
+
+    def load_response_head(self, status: int, protocol: str, headers: Pairs) -> None:
+        """The response variables of phase 3."""
+        self._forget_values()
+        self.collections["RESPONSE_HEADERS"] = headers
+        content_type = ""
+        for name, value in headers:
+            if name.lower() == "content-type":
+                content_type = value
+                break
+        self.scalars["RESPONSE_STATUS"] = str(status)
+        self.scalars["RESPONSE_PROTOCOL"] = protocol
+        self.scalars["RESPONSE_CONTENT_TYPE"] = content_type
+
+    def load_response_body(self, body: bytes) -> None:
+        """RESPONSE_BODY for phase 4: the inspected start of the body, latin-1 like the request's."""
+        self._forget_values()
+        self.scalars["RESPONSE_BODY"] = body.decode("latin-1")
+
+    def load_body(self, body: bytes) -> None:
+        """Run the request body processor (at the start of phase 2)."""
+        self._forget_values()
         text = body.decode("latin-1")
         if self.body_processor in (None, "URLENCODED"):
             # as in ModSecurity: the raw body only with the URL-encoded processor, or none

@@ -26,6 +26,7 @@ EXPECTED = {
     ErrorKind.UPSTREAM_STATUS: (502, Source.UPSTREAM, True),
     ErrorKind.NO_HEALTHY_PEER: (503, Source.UPSTREAM, False),
     ErrorKind.INTERNAL: (500, Source.INTERNAL, False),
+    ErrorKind.REFUSED: (403, Source.INTERNAL, False),
 }
 
 

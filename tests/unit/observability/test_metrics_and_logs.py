@@ -105,3 +105,20 @@ def test_redact_hides_tokens_but_keeps_key_paths() -> None:
     assert out["admin"] == {"token": "***", "listen": "127.0.0.1:9901"}
     assert out["listeners"][0]["tls"]["certificates"][0] == {"cert": "a.pem", "key": "a.key"}
     assert out["auth"] == {"client_secret": "***", "password": "***"}
+
+
+def test_waf_counters_merge_by_route_and_rule() -> None:
+    a, b = WorkerStats(), WorkerStats()
+    for stats in (a, b):
+        stats.waf_match("site", 942100)
+        stats.waf_match("site", 949110)
+        stats.waf_verdict("site", blocked=True)
+    b.waf_match("api", 951230)
+    b.waf_verdict("api", blocked=False)
+    master = {"reloads": 0, "reload_failures": 0, "generation": 1, "workers": 2}
+    samples = _samples(render([a.snapshot({}), b.snapshot({})], master))
+    assert samples[("portcullis_waf_rule_matches_total", (("route", "site"), ("rule", "942100")))] == 2
+    assert samples[("portcullis_waf_rule_matches_total", (("route", "api"), ("rule", "951230")))] == 1
+    assert samples[("portcullis_waf_blocked_total", (("route", "site"),))] == 2
+    assert samples[("portcullis_waf_detected_total", (("route", "api"),))] == 1
+    assert ("portcullis_waf_blocked_total", (("route", "api"),)) not in samples

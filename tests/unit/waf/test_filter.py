@@ -15,7 +15,8 @@ from portcullis.engine.context import RequestContext
 from portcullis.engine.messages import Response
 from portcullis.engine.services import Services
 from portcullis.features.registry import build_filter
-from portcullis.features.waf.filter import WafAction, build
+from portcullis.features.waf.factory import build
+from portcullis.features.waf.filter import WafAction
 
 RULES = [
     'SecRule ARGS "@streq attack" "id:100,phase:2,deny,msg:\'attack in args\',severity:CRITICAL"',
