@@ -89,8 +89,9 @@ class LeastConn(Selector):
         best: list[Candidate] = []
         best_load = 0.0
         fixed = self.fixed_weights
+        everyone = eligible is _everyone
         for index, peer in enumerate(self.peers):
-            if not eligible(peer):
+            if not everyone and not eligible(peer):
                 continue
             load = peer.active / (fixed[index] if fixed is not None else peer.weight)
             if not best or load < best_load:
@@ -157,9 +158,13 @@ class Maglev(Selector):
 
     TABLE_SIZE = 65537  # prime, much larger than any peer count
 
+    _SLOTS_CACHED = 4096
+
     def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
         super().__init__(peers, rng)
         self.table = self._populate()
+        # the table slot of each recent key: client addresses and user ids repeat request after request
+        self._slots: dict[bytes, int] = {}
 
     def _populate(self) -> list[int]:
         size = self.TABLE_SIZE
@@ -190,9 +195,19 @@ class Maglev(Selector):
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         if not self.peers:
             return None
-        if hash_key is None:
-            hash_key = self.rng.randbytes(8)
-        slot = _hash64(hash_key) % self.TABLE_SIZE
+        if hash_key is None:  # no key in this request: any slot
+            slot = self.rng.randrange(self.TABLE_SIZE)
+        else:
+            slots = self._slots
+            cached = slots.get(hash_key)
+            if cached is None:
+                cached = _hash64(hash_key) % self.TABLE_SIZE
+                if len(slots) >= self._SLOTS_CACHED:
+                    slots.clear()
+                slots[hash_key] = cached
+            slot = cached
+        if eligible is _everyone:
+            return self.peers[self.table[slot]]
         for step in range(len(self.table)):
             peer = self.peers[self.table[(slot + step) % self.TABLE_SIZE]]
             if eligible(peer):

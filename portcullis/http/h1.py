@@ -45,6 +45,7 @@ class RequestHead:
         "connection",
         "content_length",
         "expect_continue",
+        "has_body",
         "headers",
         "host",
         "keep_alive",
@@ -83,10 +84,7 @@ class RequestHead:
         self.connection = connection
         """The Connection header (all its fields joined), for hop-by-hop removal."""
         self.request_id = request_id
-
-    @property
-    def has_body(self) -> bool:
-        return self.chunked or bool(self.content_length)
+        self.has_body = chunked or bool(content_length)
 
 
 class UpgradeRequested(Exception):
@@ -228,7 +226,20 @@ class H1RequestReader:
             raise _Stop()
         self.in_head = True
         self._line_done = False
-        self._reset()
+        # what _reset does, without the call: this runs once per request
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._host = None
+        self._host_count = 0
+        self._content_length = None
+        self._chunked = False
+        self._expect = False
+        self._upgrade = None
+        self._connection = None
+        self._request_id = None
+        self._trailers = None
+        self._in_trailers = False
 
     def on_url(self, url: bytes) -> None:
         self._url += url

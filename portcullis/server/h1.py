@@ -165,8 +165,10 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._keep_alive = head.keep_alive
         runtime = self._runtime
         listener = self._listener
+        host = head.host
         ctx = RequestContext(
-            head.method, head.target, head.headers, head.version, self._host_name(head.host),
+            head.method, head.target, head.headers, head.version,
+            self._host_str if host == self._host_bytes and host else self._host_name(host),
             self.client_ip, self.client_port, listener.scheme, listener.name, runtime.clock(),
             head.host, head.connection, head.request_id,
         )  # fmt: skip
@@ -230,7 +232,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
     def forward_head(
         self, status: int, headers: Headers, no_body: bool, request_id: str, request_id_header: bytes
     ) -> bool:
-        lines = [status_line(status)]
+        lines = [_STATUS_LINES.get(status) or status_line(status)]
         length, flags = forward_response_fields(headers, self._runtime.request_id_header_lower, lines)
         if flags & NAMES_MORE_FIELDS:
             return forward_head_fields(self, status, headers, no_body, request_id, request_id_header)

@@ -163,19 +163,19 @@ class UpstreamConnection(asyncio.Protocol):
     def on_message_complete(self) -> None:
         # llhttp ends a 101's message with its head: the tunnel starts in data_received instead
         parser = self._parser
+        exchange = self.exchange
         if (
             self._state == _READING
             and not self._head_only
             and parser is not None
-            and self.exchange is not None  # not when the exchange dropped this connection (a retry)
+            and exchange is not None  # not when the exchange dropped this connection (a retry)
             and parser.get_status_code() != 101
         ):
-            self._finish(parser.should_keep_alive())
+            self._state = _IDLE
+            self.deadline = 0.0
+            exchange.upstream_complete(self._trailers, reusable=parser.should_keep_alive())
 
     # ------------------------------------------------------------------ used by the exchange
-    def reusable(self) -> bool:
-        return not self.closed and self.transport is not None and not self.transport.is_closing()
-
     def _unbind(self) -> None:
         self.exchange = None
         if self._bound:

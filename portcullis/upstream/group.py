@@ -24,6 +24,7 @@ log = logging.getLogger("portcullis")
 
 _EWMA_DECAY = 0.3
 _EWMA_HALF_LIFE = 10.0  # seconds without an answer that halve a peer's remembered latency
+_EWMA_FADE_AFTER = 0.5  # seconds without an answer before the fading starts (under 4 % by then)
 
 
 class Peer:
@@ -80,7 +81,7 @@ class Peer:
     @property
     def weight(self) -> float:
         group = self.group
-        if group is None or not group.slow_start or not self.recovered_at:
+        if not self.recovered_at or group is None or not group.slow_start:
             return self.base_weight
         ramp = (group.clock() - self.recovered_at) / group.slow_start
         if ramp >= 1.0:
@@ -92,13 +93,19 @@ class Peer:
     def ewma(self) -> float:
         """Smoothed response time; it fades while the peer gets no traffic, so a peer that was
         slow once is tried again later (P2C would otherwise never pick it again)."""
-        if not self._ewma:
+        ewma = self._ewma
+        if not ewma:
             return 0.0
         idle = (self.group.clock() if self.group is not None else self._ewma_at) - self._ewma_at
-        return self._ewma * 0.5 ** (idle / _EWMA_HALF_LIFE) if idle > 0 else self._ewma
+        # a busy peer answers far more often than this: its average is taken as it is
+        return ewma * 0.5 ** (idle / _EWMA_HALF_LIFE) if idle > _EWMA_FADE_AFTER else ewma
 
     def observe_latency(self, seconds: float, now: float) -> None:
-        current = self.ewma
+        current = self._ewma
+        if current:
+            idle = now - self._ewma_at
+            if idle > _EWMA_FADE_AFTER:
+                current *= 0.5 ** (idle / _EWMA_HALF_LIFE)
         self._ewma = seconds if current == 0.0 else current + _EWMA_DECAY * (seconds - current)
         self._ewma_at = now
 
@@ -128,6 +135,10 @@ class UpstreamGroup:
         self.queue_timeout = config.queue_timeout
         self.sticky = config.sticky
         self.hash_key = config.hash_key
+        kind, _, name = (config.hash_key or "").partition(":")
+        self._hash_kind = kind
+        self._hash_name = name
+        self._hash_header = name.lower().encode()
         self.max_outstanding = config.breaker.max_outstanding if config.breaker else 0
         self._retry_after_until = 0.0
         self.set_peers(peers)
@@ -236,16 +247,16 @@ class UpstreamGroup:
         return bool(candidates) and all(p.max_conns and p.active >= p.max_conns for p in candidates)
 
     def _hash_input(self, ctx: RequestContext) -> bytes | None:
-        spec = self.hash_key
-        if spec is None:
+        kind = self._hash_kind
+        if not kind:
             return ctx.client_ip.encode() if self.config.balance == "ip_hash" else None
-        if spec == "client_ip":
+        if kind == "client_ip":
             return ctx.client_ip.encode()
-        if spec == "path":
+        if kind == "path":
             return ctx.path.encode()
-        kind, _, name = spec.partition(":")
+        name = self._hash_name
         if kind == "header":
-            return ctx.header(name.lower().encode())
+            return ctx.header(self._hash_header)
         if kind == "cookie":
             value = _cookie(ctx, name)
             return value.encode() if value is not None else None

@@ -22,13 +22,15 @@ class Pool:
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if conn.reusable():
+            transport = conn.transport
+            if not conn.closed and transport is not None and not transport.is_closing():
                 return conn
             conn.close()
         return None
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
-        if len(self.idle) >= self.max_idle or not conn.reusable():
+        transport = conn.transport
+        if len(self.idle) >= self.max_idle or conn.closed or transport is None or transport.is_closing():
             conn.close()
             return
         conn.park(now + self.idle_timeout)

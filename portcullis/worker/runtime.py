@@ -82,11 +82,12 @@ class Runtime:
         self._trusted = tuple(ipaddress.ip_network(c) for c in server.trusted_proxies)
         # request ids: a random per-process prefix and a counter are unique and cost no syscall
         self._id_prefix = os.urandom(6).hex()
-        self._ids = itertools.count(1)
+        # from 16**9 on, the counter has 10 hex digits without padding (for the next 2**40 requests)
+        self._ids = itertools.count(16**9)
         self.connections: set[Closable] = set()
 
     def next_request_id(self) -> str:
-        return f"{self._id_prefix}{next(self._ids):010x}"
+        return self._id_prefix + hex(next(self._ids))[2:]
 
     def is_trusted(self, ip: str) -> bool:
         if not self._trusted or not ip:
