@@ -27,7 +27,7 @@ import hpack
 from portcullis.engine.context import RequestContext
 from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.exchange import Exchange
-from portcullis.engine.messages import Headers
+from portcullis.server.h2_fields import CachingDecoder, RequestFields, request_fields, trailer_fields
 from portcullis.server.h2_stream import H2Stream
 from portcullis.server.hpack_static import StaticEncoder
 
@@ -37,15 +37,13 @@ if TYPE_CHECKING:
     from portcullis.tls.certs import ClientIdentity
     from portcullis.worker.runtime import ListenerRuntime, Runtime
 
-_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
-_TARGET_CHARS = bytes(range(0x21, 0x7F))  # a request target: visible ASCII, no space
-
 
 class H2Connection(asyncio.Protocol):
     __slots__ = (
         "_closing",
         "_connection_window",
         "_goaway_sent",
+        "_held",
         "_listener",
         "_max_resets",
         "_reset_times",
@@ -71,14 +69,16 @@ class H2Connection(asyncio.Protocol):
         self.edge = edge
         self.hsts = edge.hsts if edge is not None else None
         settings: Http2 = runtime.config.server.http2
-        # inbound heads are validated by h2 (malformed requests are refused); outbound ones are
-        # built here from already-clean fields: lower-case, no connection-specific field
+        # inbound heads are checked in one pass by h2_fields (h2's own checks cost far more); outbound
+        # ones are built here from already-clean fields: lower-case, no connection-specific field
         config = h2.config.H2Configuration(
             client_side=False, header_encoding=None, validate_outbound_headers=False,
             normalize_outbound_headers=False, normalize_inbound_headers=False,  # (cookies are joined here)
+            validate_inbound_headers=False,
         )  # fmt: skip
         conn = self.h2 = h2.connection.H2Connection(config=config)
-        conn.encoder = StaticEncoder()  # type: ignore[assignment]
+        conn.encoder = StaticEncoder(runtime.request_id_header_lower)  # type: ignore[assignment]
+        conn.decoder = CachingDecoder()
         conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={
@@ -104,6 +104,7 @@ class H2Connection(asyncio.Protocol):
         self._closing = False
         self._goaway_sent = False
         self._write_scheduled = False
+        self._held: list[H2Stream] = []  # streams holding back a body piece until write_out
         self._connection_window = settings.connection_window
 
     # ================================================================== asyncio callbacks
@@ -205,7 +206,11 @@ class H2Connection(asyncio.Protocol):
         elif isinstance(ev, h2.events.TrailersReceived):
             stream = self.streams.get(ev.stream_id)
             if stream is not None:
-                stream.req_trailers = [(n, v) for n, v in ev.headers if not n.startswith(b":")]
+                trailers = trailer_fields(ev.headers)
+                if trailers is None:
+                    self._malformed(stream)
+                else:
+                    stream.req_trailers = trailers
         elif isinstance(ev, h2.events.StreamReset):
             self._reset_by_client(ev)
         elif isinstance(ev, h2.events.WindowUpdated):
@@ -231,54 +236,13 @@ class H2Connection(asyncio.Protocol):
         if self._goaway_sent:
             self.reset_id(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        method = path = authority = b""
-        headers: Headers = []
-        cookies: list[bytes] = []
-        has_host = False
-        length: int | None = None
-        rid_header = self._runtime.request_id_header_lower
-        request_id: bytes | None = None
-        for name, value in ev.headers:
-            if name[:1] == b":":
-                if name == b":method":
-                    method = value
-                elif name == b":path":
-                    path = value
-                elif name == b":authority":
-                    authority = value
-                continue
-            if name == b"cookie":
-                cookies.append(value)
-                continue
-            if name == b"host":
-                has_host = True
-                if not authority:
-                    authority = value
-            elif name == b"content-length":
-                if not value.isdigit() or (length is not None and int(value) != length):
-                    self.reset_id(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-                    return
-                length = int(value)
-            elif name == rid_header:
-                request_id = value
-            headers.append((name, value))
-        if not path or method == b"CONNECT":
-            self.reset_id(stream_id, h2.errors.ErrorCodes.REFUSED_STREAM)
+        # h2 leaves the checks to us (see h2_fields): nothing malformed or ambiguous reaches an upstream
+        fields = request_fields(ev.headers, self._runtime.request_id_header_lower)
+        if not isinstance(fields, RequestFields):
+            self.reset_id(stream_id, fields)
             return
-        # what h2 accepts but an HTTP/1.1 request line or field name cannot carry (RFC 9113 8.3.1,
-        # RFC 9110 5.1): refused here, so nothing ambiguous reaches an upstream
-        if (
-            not method
-            or method.translate(None, _TOKEN_CHARS)
-            or path.translate(None, _TARGET_CHARS)
-            or any(name.translate(None, _TOKEN_CHARS) for name, _ in headers)
-        ):
-            self.reset_id(stream_id, h2.errors.ErrorCodes.PROTOCOL_ERROR)
-            return
-        if cookies:
-            headers.append((b"cookie", b"; ".join(cookies)))  # RFC 9113 8.2.3
-        if authority and not has_host:
-            headers.append((b"host", authority))
+        method, path, authority, headers = fields.method, fields.path, fields.authority, fields.headers
+        length, request_id = fields.length, fields.request_id
         edge = self.edge
         if edge is not None and edge.strip:
             headers = edge.with_identity(headers, self.client_cert)
@@ -325,6 +289,13 @@ class H2Connection(asyncio.Protocol):
         else:
             self.acknowledge(ev.stream_id, size)
 
+    def _malformed(self, stream: H2Stream) -> None:
+        """A stream error on a request already under way: reset it, end its exchange."""
+        self.streams.pop(stream.stream_id, None)
+        self.reset(stream, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+        if stream.exchange is not None:
+            stream.exchange.client_gone()
+
     def _reset_by_client(self, ev: h2.events.StreamReset) -> None:
         stream = self.streams.pop(ev.stream_id, None)
         if stream is not None:
@@ -345,8 +316,9 @@ class H2Connection(asyncio.Protocol):
             self._close()
 
     # ================================================================== for the streams
-    def send_data(self, stream: H2Stream, data: bytes) -> bytes:
-        """Send as much of `data` as the windows allow; what is left."""
+    def send_data(self, stream: H2Stream, data: bytes, end: bool = False) -> bytes:
+        """Send as much of `data` as the windows allow (the last frame with END_STREAM if `end` and it
+        all fits); what is left."""
         conn = self.h2
         stream_id = stream.stream_id
         try:
@@ -357,7 +329,8 @@ class H2Connection(asyncio.Protocol):
             total = len(data)
             while sent < total and window > 0:
                 n = min(window, frame, total - sent)
-                conn.send_data(stream_id, view[sent : sent + n].tobytes() if n != total else data)
+                last = end and sent + n == total
+                conn.send_data(stream_id, view[sent : sent + n].tobytes() if n != total else data, end_stream=last)
                 sent += n
                 window -= n
         except h2.exceptions.H2Error:
@@ -401,8 +374,17 @@ class H2Connection(asyncio.Protocol):
             self._write_scheduled = True
             self._runtime.watchdog.loop.call_soon(self.write_out)
 
+    def hold(self, stream: H2Stream) -> None:
+        """`stream` holds back a body piece: write_out sends it if the response has not ended by then."""
+        self._held.append(stream)
+        self.mark()
+
     def write_out(self) -> None:
-        self._write_scheduled = False
+        if self._held:
+            held, self._held = self._held, []
+            for stream in held:
+                stream.push_held()
+        self._write_scheduled = False  # (after the pushes: they need no second round)
         data = self.h2.data_to_send()
         if data and self.transport is not None and not self.transport.is_closing():
             self.transport.write(data)

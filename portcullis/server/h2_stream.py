@@ -31,6 +31,7 @@ class H2Stream:
     __slots__ = (
         "_blocked",
         "_end_pending",
+        "_held",
         "_pending",
         "_trailers",
         "conn",
@@ -59,6 +60,7 @@ class H2Stream:
         self.last_data = conn.now()
         self.req_trailers: Headers | None = None
         self._pending: collections.deque[bytes] = collections.deque()
+        self._held = b""  # the last body piece, sent with END_STREAM if the response ends this round
         self._end_pending = False
         self._trailers: Headers | None = None
         self._blocked = False  # the exchange was told to stop reading its upstream
@@ -101,10 +103,25 @@ class H2Stream:
         if self._pending:
             self._pending.append(data)
             return
-        rest = self.conn.send_data(self, data)
-        if rest:
-            self._pending.append(rest)
-            self._update_block()
+        # the piece waits for the end of this round of callbacks: a response that ends meanwhile
+        # leaves as one DATA frame with END_STREAM, not a DATA frame and an empty one
+        if self._held:
+            self.push_held()
+            if self._pending:
+                self._pending.append(data)
+                return
+        else:
+            self.conn.hold(self)
+        self._held = data
+
+    def push_held(self) -> None:
+        """Send the piece held back: the round is over, or more body follows it."""
+        held, self._held = self._held, b""
+        if held and not self.ended:
+            rest = self.conn.send_data(self, held)
+            if rest:
+                self._pending.append(rest)
+                self._update_block()
 
     def flush(self) -> None:
         self.conn.write_out()
@@ -112,6 +129,16 @@ class H2Stream:
     def send_end(self, trailers: Headers | None) -> None:
         if self.ended:
             return
+        held, self._held = self._held, b""
+        if held:  # (never held while data is pending)
+            rest = self.conn.send_data(self, held, end=not trailers)
+            if rest:
+                self._pending.append(rest)
+                self._update_block()
+            elif not trailers:
+                self.ended = True
+                self._maybe_release()
+                return
         if self._pending:
             self._end_pending = True
             self._trailers = trailers
@@ -165,6 +192,7 @@ class H2Stream:
         self._maybe_release()
 
     def abort(self) -> None:
+        self._held = b""
         self._pending.clear()
         self._end_pending = False
         if not self.ended:
@@ -202,6 +230,7 @@ class H2Stream:
     def _lost(self) -> None:
         """The stream is gone on the h2 side (the client reset it)."""
         self.ended = True
+        self._held = b""
         self._pending.clear()
         self._end_pending = False
         self._maybe_release()

@@ -39,30 +39,43 @@ _INDEXED = {index: _integer(index, 7, 0x80) for index in range(1, len(HeaderTabl
 _NAME_REF = {index: _integer(index, 4, 0x00) for index in range(1, len(HeaderTable.STATIC_TABLE) + 1)}
 
 
+def _field(name: bytes, value: bytes) -> bytes:
+    index = _STATIC_FULL.get((name, value))
+    if index is not None:
+        return _INDEXED[index]
+    index = _STATIC_NAME.get(name)
+    # a literal without indexing, its name by static index when there is one
+    head = _NAME_REF[index] if index is not None else b"\x00" + _integer(len(name), 7, 0) + name
+    return head + _integer(len(value), 7, 0) + value
+
+
+# encoded fields by (name, value): the same few fields start most responses (server, content-type ...)
+_CACHE_LIMIT = 512
+_CACHE_FIELD_BYTES = 160
+_cache: dict[tuple[bytes, bytes], bytes] = {}
+
+
 class StaticEncoder:
-    """Drop-in for `hpack.Encoder` as `h2` uses it: `encode(headers)` and `header_table_size`."""
+    """Drop-in for `hpack.Encoder` as `h2` uses it: `encode(headers)` and `header_table_size`.
+    `uncached` names (the request id: unique per response) are not remembered; nor is `set-cookie`."""
 
-    __slots__ = ("header_table_size",)
+    __slots__ = ("header_table_size", "uncached")
 
-    def __init__(self) -> None:
+    def __init__(self, *uncached: bytes) -> None:
         self.header_table_size = 4096
+        self.uncached = frozenset((b"set-cookie", *uncached))
 
     def encode(self, headers: Iterable[tuple[bytes, bytes]], huffman: bool = True) -> bytes:
+        cache = _cache
         out = []
-        full, by_name, indexed, name_ref = _STATIC_FULL, _STATIC_NAME, _INDEXED, _NAME_REF
-        for name, value in headers:
-            if isinstance(name, str):
-                name = name.encode()
-            if isinstance(value, str):
-                value = value.encode()
-            index = full.get((name, value))
-            if index is not None:
-                out.append(indexed[index])
-                continue
-            index = by_name.get(name)
-            if index is not None:
-                out.append(name_ref[index])  # literal without indexing, indexed name
-            else:
-                out.append(b"\x00" + _integer(len(name), 7, 0) + name)
-            out.append(_integer(len(value), 7, 0) + value)
+        for field in headers:  # h2 has made them bytes
+            code = cache.get(field)
+            if code is None:
+                name, value = field
+                code = _field(name, value)
+                if len(name) + len(value) <= _CACHE_FIELD_BYTES and name not in self.uncached:
+                    if len(cache) >= _CACHE_LIMIT:
+                        cache.clear()  # (a flood of distinct fields only costs their encoding)
+                    cache[field] = code
+            out.append(code)
         return b"".join(out)

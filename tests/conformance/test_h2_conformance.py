@@ -426,3 +426,49 @@ def test_space_in_path_is_refused(raw: Raw) -> None:
 def test_method_not_a_token_is_refused(raw: Raw) -> None:
     raw.headers(1, "/echo", method="GE(T")
     assert raw.stream_error(1) == PROTOCOL_ERROR
+
+
+# ------------------------------------------------------------------------ 8.1.1: malformed is a stream error
+
+@pytest.mark.parametrize(
+    "extra",
+    [[("x-a", "1\r\nx-b: 2")], [("x-a", " padded")], [("te", "gzip")], [("host", "other.test")],
+     [("transfer-encoding", "chunked")], [(":status", "200")]],
+    ids=["crlf-in-value", "padded-value", "te-gzip", "host-mismatch", "transfer-encoding", "status-in-request"],
+)  # fmt: skip
+def test_malformed_request_is_a_stream_error(raw: Raw, extra: list[tuple[str, str]]) -> None:
+    raw.headers(1, extra=extra)
+    assert raw.stream_error(1) == PROTOCOL_ERROR
+    raw.headers(3)  # the connection serves on
+    assert raw.response_ok(3)
+
+
+def test_pseudo_header_after_a_regular_field(raw: Raw) -> None:
+    f = HeadersFrame(1)
+    f.data = raw.block([(":method", "GET"), (":scheme", "http"), ("accept", "*/*"), (":path", "/fixed"),
+                        (":authority", "a.test")])  # fmt: skip
+    f.flags.add("END_HEADERS")
+    f.flags.add("END_STREAM")
+    raw.send(f.serialize())
+    assert raw.stream_error(1) == PROTOCOL_ERROR
+
+
+def test_pseudo_header_in_request_trailers(raw: Raw) -> None:
+    raw.headers(1, "/echo", end_stream=False)
+    body = DataFrame(1)
+    body.data = b"x"
+    raw.send(body.serialize())
+    trailers = HeadersFrame(1)
+    trailers.data = raw.block([(":path", "/other")])
+    trailers.flags.add("END_HEADERS")
+    trailers.flags.add("END_STREAM")
+    raw.send(trailers.serialize())
+    assert raw.stream_error(1) == PROTOCOL_ERROR
+
+
+def test_a_small_response_ends_in_its_data_frame(raw: Raw) -> None:
+    """HEADERS, then the body with END_STREAM: no empty DATA frame just to end the stream."""
+    raw.headers(1)
+    frames = [f for f in raw.frames_until(lambda f: f.stream_id == 1 and "END_STREAM" in f.flags) if f.stream_id == 1]
+    assert [type(f).__name__ for f in frames] == ["HeadersFrame", "DataFrame"]
+    assert frames[1].data == b"ok" and "END_STREAM" in frames[1].flags
