@@ -8,6 +8,10 @@ with a single route to its own upstream, so every case has the same routing work
     single            one peer (the baseline: no selection, no bookkeeping)
     round_robin ...   three peers, `balance: <algorithm>` (consistent_hash on `header:X-User`)
 
+nginx, pinned to the same CPU, forwards to the same backends twice (one peer, and round robin over
+the three): spreading the load over several backend processes costs any proxy something (more
+processes to wake on every write), and nginx's own cost shows how much of it is not ours.
+
 Three backend nginx processes (the templates of bench/run.py) and wrk share the load CPU. The
 cases run in interleaved rounds (the order rotates each round) with `wrk -c32` on 100-byte
 responses over keep-alive, and the report gives the median requests/s, the proxy's CPU use,
@@ -52,6 +56,7 @@ ALGORITHMS = ("round_robin", "least_conn", "random", "p2c_ewma", "ip_hash", "con
 BASELINE = "single"
 PEERS = 3
 GOAL_COST_PCT = 5.0
+REFERENCE_CASES = ("nginx single", "nginx round_robin")
 HEADERS = ("X-User: bench-user",)  # sent in every case, so only consistent_hash differs in using it
 
 
@@ -63,6 +68,7 @@ def log(message: str) -> None:
 class Case:
     name: str
     port: int
+    proxy: str = "portcullis"
     rps: list[float] = field(default_factory=list)
     cpu_pct: list[float] = field(default_factory=list)
     errors: int = 0
@@ -133,6 +139,7 @@ class BalanceBench:
         self.load_cpu = args.load_cpu if pin else None
         self.servers: list[Managed] = []
         self.proxy: Managed | None = None
+        self.reference: Managed | None = None
 
     def _backend(self, index: int) -> int:
         name = f"peer{index}"
@@ -179,19 +186,53 @@ class BalanceBench:
             if body != templating.small_body().encode():
                 raise StartError(f"{case.name}: /small through the proxy differs from the backend's")
         log(f"portcullis (1 worker, CPU {self.proxy_cpu}) listening for {len(cases)} cases")
+        return cases + self._start_reference(backend_ports, ports)
+
+    def _start_reference(self, backend_ports: Sequence[int], taken: set[int]) -> list[Case]:
+        """nginx on the same CPU and backends, one peer and round robin over all of them: what
+        spreading the load over several backend processes costs a proxy that is not ours."""
+        cases = []
+        for name in REFERENCE_CASES:
+            port = free_port()
+            while port in taken:
+                port = free_port()
+            taken.add(port)
+            cases.append(Case(name, port, proxy="nginx"))
+        text = templating.render_file("proxy.conf", {
+            **templating.nginx_values(self.build_info, self.tmpdir), "name": "reference",
+            "port": str(cases[0].port), "backend_port": str(backend_ports[0]),
+        })  # fmt: skip
+        # the second server block: the same location, to an upstream of every backend
+        peers = "".join(f"        server {HOST}:{port};\n" for port in backend_ports)
+        text = text.rstrip().removesuffix("}") + (
+            f"    upstream spread {{\n{peers}        keepalive 64;\n    }}\n"
+            f"    server {{\n        listen {HOST}:{cases[1].port} backlog=4096;\n"
+            "        location / {\n            proxy_pass http://spread;\n            proxy_http_version 1.1;\n"
+            '            proxy_set_header Connection "";\n        }\n    }\n}\n'
+        )
+        conf = self.tmpdir / "reference.conf"
+        conf.write_text(text)
+        self.reference = Managed("nginx", templating.nginx_argv(self.nginx, self.tmpdir, conf),
+                                 self.tmpdir / "reference.out", cpu=self.proxy_cpu)  # fmt: skip
+        self.servers.append(self.reference)
+        self.reference.start()
+        for case in cases:
+            self.reference.wait_ready(case.port, self.args.start_timeout, templating.SMALL_BODY_SIZE)
+        log(f"nginx (1 worker, CPU {self.proxy_cpu}) as the reference: {', '.join(c.name for c in cases)}")
         return cases
 
     def run_case(self, case: Case, seconds: int) -> tuple[float, float, int]:
-        assert self.proxy is not None
+        proxy = self.reference if case.proxy == "nginx" else self.proxy
+        assert proxy is not None
         argv = wrkload.wrk_argv(self.wrk, f"http://{HOST}:{case.port}/small", duration_s=seconds,
                                 connections=self.args.connections, headers=HEADERS, cpu=self.load_cpu)  # fmt: skip
-        ticks = self.proxy.cpu_ticks()
+        ticks = proxy.cpu_ticks()
         started = time.monotonic()
         result, _ = wrkload.run(argv, seconds)
         wall = time.monotonic() - started
-        cpu = 100.0 * (self.proxy.cpu_ticks() - ticks) / CLOCK_TICKS / wall
-        if not self.proxy.alive():
-            raise StartError(f"portcullis died during the run:\n{self.proxy.log_tail()}")
+        cpu = 100.0 * (proxy.cpu_ticks() - ticks) / CLOCK_TICKS / wall
+        if not proxy.alive():
+            raise StartError(f"{proxy.name} died during the run:\n{proxy.log_tail()}")
         return result.rps, cpu, result.errors
 
     def measure(self, cases: list[Case]) -> None:
@@ -223,32 +264,41 @@ class BalanceBench:
 
 
 def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
-    base = next(c for c in cases if c.name == BASELINE)
-    header = (f"{'upstream':<16} {'peers':>5} {'req/s':>10} {'cost':>7} {'proxy cpu':>9} "
+    """Each proxy's cases against its own single-peer case; nginx's spread cost is the yardstick."""
+    bases = {c.proxy: c for c in cases if c.name in (BASELINE, REFERENCE_CASES[0])}
+    header = (f"{'upstream':<18} {'peers':>5} {'req/s':>10} {'cost':>7} {'proxy cpu':>9} "
               f"{'req/cpu-s':>10} {'cost/cpu':>8}  goal (cost <= {GOAL_COST_PCT:g} %)")  # fmt: skip
     lines = [header, "-" * len(header)]
     doc: dict[str, Any] = {"goal_cost_pct": GOAL_COST_PCT, "cases": {}}
     for case in cases:
+        base = bases[case.proxy]
         cost = 100.0 * (1.0 - case.median_rps / base.median_rps)
         cost_cpu = 100.0 * (1.0 - case.per_cpu_second / base.per_cpu_second)
         is_base = case is base
-        goal = "baseline" if is_base else ("met" if cost <= GOAL_COST_PCT and not case.errors else "NOT MET")
+        if is_base:
+            goal = "baseline"
+        elif case.proxy == "nginx":
+            goal = "reference"
+        else:
+            goal = "met" if cost <= GOAL_COST_PCT and not case.errors else "NOT MET"
         if case.errors:
             goal += f" ({case.errors} errors)"
         lines.append(
-            f"{case.name:<16} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} "
+            f"{case.name:<18} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} "
             f"{'-' if is_base else f'{cost:+.1f}%':>7} {case.median_cpu:>8.0f}% {case.per_cpu_second:>10,.0f} "
             f"{'-' if is_base else f'{cost_cpu:+.1f}%':>8}  {goal}"
         )
         doc["cases"][case.name] = {
-            "rps": case.rps, "cpu_pct": case.cpu_pct, "median_rps": case.median_rps,
+            "proxy": case.proxy, "rps": case.rps, "cpu_pct": case.cpu_pct, "median_rps": case.median_rps,
             "requests_per_cpu_second": case.per_cpu_second, "errors": case.errors,
             "cost_pct": None if is_base else round(cost, 2),
             "cost_per_cpu_pct": None if is_base else round(cost_cpu, 2),
         }  # fmt: skip
     lines.append("")
-    lines.append("cost: 1 - req/s / req/s of `single` (positive: slower); cost/cpu: the same on requests per")
-    lines.append("proxy CPU-second, which does not depend on whether the proxy or the load side was the bottleneck.")
+    lines.append("cost: 1 - req/s / req/s of the same proxy's single-peer case (positive: slower); cost/cpu: the")
+    lines.append("same on requests per proxy CPU-second, which does not depend on which side was the bottleneck.")
+    lines.append("The nginx rows spread the same load over the same backends: the part of the cost that comes")
+    lines.append("from the backends and the kernel (more processes to wake) rather than from the proxy's choice.")
     return "\n".join(lines), doc
 
 
