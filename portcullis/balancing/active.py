@@ -2,7 +2,9 @@
 
 Each peer with a `health` policy is probed every `interval`; after `unhealthy_threshold`
 failures in a row it is marked down, after `healthy_threshold` successes up again. Changes are
-logged and handed to a callback (the master sends them to every worker).
+logged and handed to a callback (the master sends them to every worker). A check speaks to a
+peer the way the workers do: TLS for https:// peers (with the upstream's `tls` settings), and
+HTTP/2 for h2:// peers and the https:// peers of an upstream with `http2: true`.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import asyncio
 import contextlib
 import logging
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from portcullis.config.schema import Config, HealthCheck
+import h2.exceptions
+
+from portcullis.balancing.probe_h2 import grpc_check, h2_get
+from portcullis.config.schema import Config, HealthCheck, Upstream
 from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
+from portcullis.tls.upstream import upstream_context
 
 log = logging.getLogger("portcullis")
 
@@ -34,6 +41,9 @@ class PeerCheck:
     failures: int = 0
     checks: int = 0
     _pattern: re.Pattern[bytes] | None = field(default=None, repr=False)
+    http2: bool = False
+    ssl: ssl.SSLContext | None = field(default=None, repr=False)
+    server_name: str | None = None
 
     def record(self, ok: bool, reason: str) -> bool:
         """Count a probe result; True when the peer's state flips."""
@@ -54,25 +64,53 @@ class PeerCheck:
         return flip
 
 
-async def probe(url: str, policy: HealthCheck, pattern: re.Pattern[bytes] | None) -> tuple[bool, str]:
-    """One HTTP/1.1 GET of the health path: (ok, reason)."""
+def peer_check(upstream_name: str, url: str, upstream: Upstream, pattern: re.Pattern[bytes] | None) -> PeerCheck:
+    """A check that reaches the peer at `url` as the workers do (TLS, HTTP/2)."""
+    assert upstream.health is not None
+    check = PeerCheck(upstream_name, url, upstream.health, _pattern=pattern, http2=upstream.peer_http2(url))
+    if url.startswith("https://"):
+        check.ssl = upstream_context(upstream.tls, check.http2)
+        check.server_name = (upstream.tls.server_name if upstream.tls else None) or parse_peer_url(url)[2]
+    return check
+
+
+async def _h1_get(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, authority: str, path: str, want_body: bool
+) -> tuple[int, bytes]:
+    request = (
+        f"GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: portcullis-health\r\nConnection: close\r\n\r\n"
+    )
+    writer.write(request.encode())
+    head = await reader.readuntil(b"\r\n\r\n")
+    status_line = head.split(b"\r\n", 1)[0].split()
+    status = int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else 0
+    return status, await reader.read(_MAX_BODY) if want_body else b""
+
+
+async def probe(
+    url: str, policy: HealthCheck, pattern: re.Pattern[bytes] | None, http2: bool = False,
+    tls: ssl.SSLContext | None = None, server_name: str | None = None,
+) -> tuple[bool, str]:
+    """One check of a peer over HTTP/1.1 or HTTP/2 (prior knowledge, or ALPN with `tls`): (ok, reason)."""
     _, hostport, host, port = parse_peer_url(url)
+    authority = policy.host or hostport
+    scheme = "https" if tls is not None else "http"
     writer = None
     try:
         async with asyncio.timeout(policy.timeout):
-            reader, writer = await asyncio.open_connection(host, port)
-            request = (
-                f"GET {policy.path} HTTP/1.1\r\nHost: {policy.host or hostport}\r\n"
-                "User-Agent: portcullis-health\r\nConnection: close\r\n\r\n"
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=tls, server_hostname=server_name if tls is not None else None
             )
-            writer.write(request.encode())
-            head = await reader.readuntil(b"\r\n\r\n")
-            status_line = head.split(b"\r\n", 1)[0].split()
-            status = int(status_line[1]) if len(status_line) >= 2 and status_line[1].isdigit() else 0
-            body = await reader.read(_MAX_BODY) if pattern is not None else b""
+            want_body = pattern is not None
+            if http2 and policy.grpc_service is not None:
+                return await grpc_check(reader, writer, scheme, authority, policy.grpc_service)
+            if http2:
+                status, body = await h2_get(reader, writer, scheme, authority, policy.path, _MAX_BODY, want_body)
+            else:
+                status, body = await _h1_get(reader, writer, authority, policy.path, want_body)
     except TimeoutError:
         return False, f"no answer within {policy.timeout:g}s"
-    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
+    except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, h2.exceptions.H2Error) as exc:
         return False, f"check failed: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"
     finally:
         if writer is not None:
@@ -100,7 +138,7 @@ class HealthChecker:
             for peer in upstream.peers:
                 key = (name, peer.url)
                 old = (previous or {}).get(key)
-                check = PeerCheck(name, peer.url, upstream.health, _pattern=pattern)
+                check = peer_check(name, peer.url, upstream, pattern)
                 if old is not None:  # a reload keeps what is known
                     check.healthy, check.reason = old.healthy, old.reason
                 self.checks[key] = check
@@ -119,7 +157,9 @@ class HealthChecker:
 
     async def _run(self, check: PeerCheck) -> None:
         while True:
-            ok, reason = await probe(check.url, check.policy, check._pattern)
+            ok, reason = await probe(
+                check.url, check.policy, check._pattern, check.http2, check.ssl, check.server_name
+            )
             if check.record(ok, reason):
                 state = "up" if check.healthy else "down"
                 event(log, "peer_health", f"upstream {check.upstream} peer {check.url} is {state}: {reason}",

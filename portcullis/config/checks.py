@@ -30,6 +30,7 @@ def check_config(config: Config, locations: Locations, base_dir: str) -> list[Co
     issues += _listener_issues(config, locations)
     issues += _tls_file_issues(config, locations, base_dir)
     issues += _route_issues(config, locations)
+    issues += _protocol_issues(config, locations)
     return issues
 
 
@@ -175,4 +176,36 @@ def _route_issues(config: Config, locations: Locations) -> list[ConfigIssue]:
                 issues.append(locations.issue((*here, "filters", j, "regex"), "regex needs a 'replace'"))
             if flt.replace is not None and flt.regex is None:
                 issues.append(locations.issue((*here, "filters", j, "replace"), "replace needs a 'regex'"))
+    return issues
+
+
+# --------------------------------------------------------------------------- upstream protocols
+
+def _protocol_issues(config: Config, locations: Locations) -> list[ConfigIssue]:
+    """HTTP/2 peers: `http2: true` is for https:// peers, and one upstream speaks one protocol (a
+    gRPC call balanced onto an HTTP/1.1 peer would fail)."""
+    issues = []
+    for name, upstream in config.upstreams.items():
+        here: Path = ("upstreams", name)
+        h2_first: Path | None = None
+        h1_peers: list[tuple[Path, str]] = []
+        for i, peer in enumerate(upstream.peers):
+            path: Path = (*here, "peers", i, "url")
+            if upstream.http2 and peer.url.startswith("http://"):
+                issues.append(locations.issue(path, "http2: true is for https:// peers (TLS with ALPN h2); "
+                                                    "for cleartext HTTP/2 with prior knowledge use h2://"))
+            elif upstream.peer_http2(peer.url):
+                h2_first = h2_first or path
+            else:
+                h1_peers.append((path, peer.url))
+        if h2_first is None:
+            if upstream.health is not None and upstream.health.grpc_service is not None:
+                reason = "gRPC health checks need HTTP/2 peers (h2://, or https:// with http2: true)"
+                issues.append(locations.issue((*here, "health", "grpc_service"), reason))
+            continue
+        for path, url in h1_peers:
+            hint = " (set http2: true on the upstream for its https:// peers)" if url.startswith("https://") else ""
+            reason = (f"{url} speaks HTTP/1.1 but the peer at line {locations.line(h2_first)} speaks HTTP/2: "
+                      f"the peers of one upstream speak one protocol{hint}")
+            issues.append(locations.issue(path, reason))
     return issues

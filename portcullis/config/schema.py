@@ -248,8 +248,8 @@ class Peer(Strict):
     @classmethod
     def _url(cls, value: str) -> str:
         scheme, sep, rest = value.partition("://")
-        if not sep or scheme not in ("http", "https"):
-            raise ValueError("peer url must start with http:// or https://")
+        if not sep or scheme not in ("http", "https", "h2"):
+            raise ValueError("peer url must start with http://, https:// or h2:// (cleartext HTTP/2)")
         hostport = rest.split("/", 1)[0]
         if not hostport or hostport.startswith(":"):
             raise ValueError("peer url has no host")
@@ -312,6 +312,9 @@ class HealthCheck(Strict):
     unhealthy_threshold: int = Field(default=2, ge=1)
     host: str | None = None
     """Host header to send (default: the peer's address)."""
+    grpc_service: str | None = Field(default=None, max_length=100)
+    """HTTP/2 peers only: check with the gRPC health protocol (grpc.health.v1.Health/Check) for this
+    service ("" for the server as a whole) instead of a GET of `path`; up when it answers SERVING."""
 
 
 class Outlier(Strict):
@@ -402,6 +405,12 @@ class Upstream(Strict):
     keepalive: Keepalive = Keepalive()
     tls: UpstreamTls | None = None
     """For https:// peers (without it: verified against the system CA bundle)."""
+    http2: bool = False
+    """Speak HTTP/2 to the https:// peers (ALPN h2), e.g. for gRPC; h2:// peers always do (h2c)."""
+
+    def peer_http2(self, url: str) -> bool:
+        """Whether the peer at `url` is spoken to in HTTP/2."""
+        return url.startswith("h2://") or (self.http2 and url.startswith("https://"))
 
     @model_validator(mode="after")
     def _check(self) -> Upstream:

@@ -30,6 +30,9 @@ class ErrorKind(enum.Enum):
     CONNECT_FAILED = "connect_failed"
     CONNECT_TIMEOUT = "connect_timeout"
     UPSTREAM_RESET = "upstream_reset"
+    UPSTREAM_REFUSED = "upstream_refused"
+    """An HTTP/2 peer refused a stream it never processed (REFUSED_STREAM, or above its GOAWAY's last
+    stream): safe to send again whatever the method."""
     UPSTREAM_TIMEOUT = "upstream_timeout"
     UPSTREAM_PROTOCOL = "upstream_protocol"
     UPSTREAM_STATUS = "upstream_status"
@@ -53,6 +56,7 @@ _TABLE: Final[dict[ErrorKind, tuple[int, Source, bool]]] = {
     ErrorKind.CONNECT_FAILED: (502, Source.UPSTREAM, True),
     ErrorKind.CONNECT_TIMEOUT: (502, Source.UPSTREAM, True),
     ErrorKind.UPSTREAM_RESET: (502, Source.UPSTREAM, True),
+    ErrorKind.UPSTREAM_REFUSED: (502, Source.UPSTREAM, True),
     ErrorKind.UPSTREAM_TIMEOUT: (504, Source.UPSTREAM, False),
     ErrorKind.UPSTREAM_PROTOCOL: (502, Source.UPSTREAM, False),
     ErrorKind.UPSTREAM_STATUS: (502, Source.UPSTREAM, True),

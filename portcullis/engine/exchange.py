@@ -19,11 +19,11 @@ from portcullis.engine.errors import ErrorKind, ProxyError, render_error
 from portcullis.engine.forwarding import forwardable_trailers
 from portcullis.engine.messages import Headers, Response, ResponseHead
 from portcullis.engine.upstream_side import BUFFER_HIGH, UpstreamSide
-from portcullis.upstream.connection import UpstreamConnection
 
 if TYPE_CHECKING:
     from portcullis.routing.router import CompiledRoute, Router
     from portcullis.upstream.group import Peer, UpstreamGroup
+    from portcullis.upstream.link import UpstreamLink
     from portcullis.worker.runtime import Runtime
 
 log = logging.getLogger("portcullis")
@@ -81,7 +81,8 @@ class Exchange(UpstreamSide):
         self._buffered = 0
         self._sent_body = False
         self._switch_headers: Headers | None = None
-        self._conn: UpstreamConnection | None = None
+        self._conn: UpstreamLink | None = None
+        self._req_trailers: Headers | None = None
         self._conn_reused = False
         self._group: UpstreamGroup | None = None
         self._held_head: tuple[ResponseHead, bool | None] | None = None
@@ -192,18 +193,17 @@ class Exchange(UpstreamSide):
             self._early_body.append(chunk)
         if self.finished:
             return
-        data = b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.req_chunked else chunk
         conn = self._conn
         if conn is not None and self._body_buffer is None:
             self._sent_body = True
-            conn.write(data)
+            conn.send_body(chunk)  # the link frames it (chunked, HTTP/2 DATA)
             if self._replay is not None:
-                self._keep_for_replay(data)
+                self._keep_for_replay(chunk)
             return
         if self._body_buffer is None:
             self._body_buffer = []
-        self._body_buffer.append(data)
-        self._buffered += len(data)
+        self._body_buffer.append(chunk)
+        self._buffered += len(chunk)
         if self._buffered > BUFFER_HIGH and not self._holding:
             self.ds.pause_reading()
 
@@ -222,17 +222,13 @@ class Exchange(UpstreamSide):
             if self._early_body is None:
                 self._early_body = []
             self._early_body.append(b"")
-        if self.req_chunked:
-            fields = forwardable_trailers(trailers) or ()
-            end = b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in fields) + b"\r\n"
-            if self._conn is not None and self._body_buffer is None:
-                self._conn.write(end)
-                if self._replay is not None:
-                    self._keep_for_replay(end)
-            else:
-                if self._body_buffer is None:
-                    self._body_buffer = []
-                self._body_buffer.append(end)
+        if self.req_chunked or self.req_length:
+            # the end of a body: sent now, or by _attach (after a connect, or again on a retry)
+            conn = self._conn
+            if trailers:
+                trailers = self._req_trailers = forwardable_trailers(trailers)
+            if conn is not None and self._body_buffer is None and conn.needs_end:
+                conn.send_end(trailers)
         if self._holding:
             self._holding = False
             self._forward()

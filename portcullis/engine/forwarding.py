@@ -75,20 +75,31 @@ def _address(ip: str) -> tuple[bytes, bytes]:
     return pair
 
 
-def _forwarding_fields(
+def _forwarding_values(
     ip: str, host: bytes, proto: bytes, xff: bytes | None, xfp: bytes | None, xfh: bytes | None, fwd: bytes | None
-) -> bytes:
-    """X-Forwarded-For/-Proto/-Host and Forwarded, extending what a trusted proxy sent."""
+) -> tuple[bytes, bytes, bytes, bytes]:
+    """The values of X-Forwarded-For/-Proto/-Host and Forwarded, extending what a trusted proxy sent."""
     address, node = _address(ip)
     quoted = host
     if b'"' in quoted or b"\\" in quoted:
         quoted = quoted.replace(b"\\", b"\\\\").replace(b'"', b'\\"')  # RFC 7230 quoted-string
     this_hop = b"for=" + node + b";proto=" + proto + b';host="' + quoted + b'"'
+    return (
+        address if xff is None else xff + b", " + address,
+        xfp or proto,
+        xfh or host,
+        this_hop if fwd is None else fwd + b", " + this_hop,
+    )
+
+
+def _forwarding_fields(
+    ip: str, host: bytes, proto: bytes, xff: bytes | None, xfp: bytes | None, xfh: bytes | None, fwd: bytes | None
+) -> bytes:
+    """The forwarding fields as HTTP/1.1 header lines."""
+    for_, proto_, host_, forwarded = _forwarding_values(ip, host, proto, xff, xfp, xfh, fwd)
     return b"".join((
-        b"X-Forwarded-For: ", address if xff is None else xff + b", " + address, b"\r\n",
-        b"X-Forwarded-Proto: ", xfp or proto, b"\r\n",
-        b"X-Forwarded-Host: ", xfh or host, b"\r\n",
-        b"Forwarded: ", this_hop if fwd is None else fwd + b", " + this_hop, b"\r\n",
+        b"X-Forwarded-For: ", for_, b"\r\nX-Forwarded-Proto: ", proto_, b"\r\nX-Forwarded-Host: ", host_,
+        b"\r\nForwarded: ", forwarded, b"\r\n",
     ))  # fmt: skip
 
 
@@ -160,6 +171,68 @@ def upstream_request_head(
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
     lines += (framing, b"\r\n")
     return b"".join(lines)
+
+
+_H2_FORWARDING: dict[tuple[str, bytes, str], tuple[bytes, bytes, bytes, bytes]] = {}
+
+
+def upstream_request_fields(
+    ctx: RequestContext, trusted: bool, request_id_lower: bytes, scheme: bytes, length: int | None
+) -> Headers:
+    """The request for an HTTP/2 peer: pseudo-header fields, then the fields `upstream_request_head`
+    would send (the same hop-by-hop removal and forwarding fields), lower-case, with `te: trailers`
+    (this proxy takes trailers: gRPC needs them) and the Content-Length of a body that has one."""
+    conn = ctx.connection
+    named = connection_tokens(conn) if conn is not None else _NO_TOKENS
+    codes = _REQUEST_CODES.get(request_id_lower)
+    if codes is None:
+        codes = _REQUEST_CODES[request_id_lower] = {}
+    xff = xfp = xfh = fwd = None
+    authority: bytes | None = None
+    fields: Headers = []
+    for name, value in ctx.headers:
+        code = codes.get(name)
+        if code is None:
+            code = _code(name, _REQUEST_SKIP, request_id_lower, codes)
+        if code == _KEEP:
+            lname = name.lower()
+            if lname == b"host":
+                authority = authority or value  # HTTP/2 carries it as :authority (a filter may have set it)
+            elif not named or lname not in named:
+                fields.append((lname, value))
+            continue
+        if trusted:
+            if code == _XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif code == _XFP:
+                xfp = value
+            elif code == _XFH:
+                xfh = value
+            elif code == _FWD:
+                fwd = value if fwd is None else fwd + b", " + value
+    host = ctx.host_header or ctx.host.encode()
+    proto = b"https" if ctx.scheme == "https" else b"http"
+    if xff is None and xfp is None and xfh is None and fwd is None:
+        key = (ctx.client_ip, host, ctx.scheme)
+        values = _H2_FORWARDING.get(key)
+        if values is None:
+            values = _forwarding_values(ctx.client_ip, host, proto, None, None, None, None)
+            if len(_H2_FORWARDING) >= _FORWARDING_MAX:
+                _H2_FORWARDING.clear()
+            _H2_FORWARDING[key] = values
+    else:
+        values = _forwarding_values(ctx.client_ip, host, proto, xff, xfp, xfh, fwd)
+    out: Headers = [
+        (b":method", ctx.method.encode("latin-1")), (b":scheme", scheme),
+        (b":authority", authority or host), (b":path", ctx.upstream_path),
+        *fields,
+        (b"x-forwarded-for", values[0]), (b"x-forwarded-proto", values[1]),
+        (b"x-forwarded-host", values[2]), (b"forwarded", values[3]),
+        (request_id_lower, ctx.request_id.encode()), (b"te", b"trailers"),
+    ]  # fmt: skip
+    if length is not None:
+        out.append((b"content-length", b"%d" % length))
+    return out
 
 
 class UpstreamHead:

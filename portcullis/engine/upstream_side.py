@@ -12,9 +12,8 @@ from typing import TYPE_CHECKING
 
 from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.filter import Refuse
-from portcullis.engine.forwarding import forwardable_trailers, response_headers, upstream_request_head
+from portcullis.engine.forwarding import forwardable_trailers, response_headers
 from portcullis.engine.messages import Headers, Response, ResponseHead
-from portcullis.upstream.connection import UpstreamConnection
 from portcullis.upstream.sticky import add_sticky_cookie
 
 if TYPE_CHECKING:
@@ -22,9 +21,12 @@ if TYPE_CHECKING:
     from portcullis.engine.downstream import Downstream
     from portcullis.routing.router import CompiledRoute
     from portcullis.upstream.group import Peer, UpstreamGroup
+    from portcullis.upstream.link import UpstreamLink
     from portcullis.worker.runtime import Runtime
 
 _IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+_NOT_SENT = (ErrorKind.CONNECT_FAILED, ErrorKind.CONNECT_TIMEOUT, ErrorKind.UPSTREAM_REFUSED)
+"""Failures that prove the peer never processed the request: any method may be sent again."""
 BUFFER_HIGH = 64 * 1024
 """Request body held for a peer not connected yet beyond which the client is paused."""
 
@@ -49,6 +51,7 @@ class UpstreamSide:
         "_peer_open",
         "_replay",
         "_replay_size",
+        "_req_trailers",
         "_resp_done",
         "_sent_body",
         "_switch_headers",
@@ -78,7 +81,8 @@ class UpstreamSide:
     _buffered: int
     _sent_body: bool
     _switch_headers: Headers | None
-    _conn: UpstreamConnection | None
+    _conn: UpstreamLink | None
+    _req_trailers: Headers | None
     _conn_reused: bool
     _group: UpstreamGroup | None
     _held_head: tuple[ResponseHead, bool | None] | None
@@ -117,6 +121,9 @@ class UpstreamSide:
             self.fail(ProxyError(ErrorKind.INTERNAL, f"route {route.name!r} has no upstream and no filter answered"))
             return
         self._group = group
+        if self.upgrade is not None and group.http2:
+            self.fail(ProxyError(ErrorKind.UPSTREAM_PROTOCOL, "no protocol upgrade (WebSocket) to an HTTP/2 upstream"))
+            return
         if group.retries.attempts:
             group.budget.requests += 1
             if self.req_length or self.req_chunked:
@@ -180,17 +187,10 @@ class UpstreamSide:
     async def _connect(self) -> None:
         peer, group = self._peer, self._group
         assert peer is not None and group is not None
-        loop = asyncio.get_running_loop()
         runtime = self.runtime
         try:
             async with asyncio.timeout(group.connect_timeout):
-                _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(peer.pool, runtime.watchdog),
-                    peer.host,
-                    peer.port,
-                    ssl=peer.ssl,
-                    server_hostname=peer.server_hostname,
-                )
+                conn = await peer.pool.connect(peer, runtime.watchdog)
         except TimeoutError:
             self.upstream_failed(ProxyError(ErrorKind.CONNECT_TIMEOUT, f"connecting to {peer.label} timed out"))
             return
@@ -204,7 +204,7 @@ class UpstreamSide:
         self._conn_reused = False
         self._attach(conn)
 
-    def _attach(self, conn: UpstreamConnection) -> None:
+    def _attach(self, conn: UpstreamLink) -> None:
         group, peer = self._group, self._peer
         assert group is not None and peer is not None
         self._conn = conn
@@ -213,28 +213,20 @@ class UpstreamSide:
         ctx.upstream_time = runtime.clock()
         runtime.stats.upstream_attempt(group.name, peer.label)
         conn.bind(self, self._head_only, group.response_timeout, group.idle_timeout)  # type: ignore[arg-type]
-        if self.req_chunked:
-            framing = b"Transfer-Encoding: chunked\r\n"
-        elif self.req_length is not None:
-            framing = b"Content-Length: %d\r\n" % self.req_length
-        else:
-            framing = b""
-        conn.write(
-            upstream_request_head(
-                ctx, self.ds.trusted, runtime.request_id_header, framing, self.upgrade, runtime.request_id_header_lower
-            )
-        )
+        conn.send_head()  # the link frames the request: HTTP/1.1 bytes or HTTP/2 frames
         if self._replay:
-            conn.write(b"".join(self._replay))  # a retry: the body sent to the peer before
+            conn.send_body(b"".join(self._replay))  # a retry: the body sent to the peer before
         if self._body_buffer is not None:
             self._sent_body = True
             data = b"".join(self._body_buffer)
-            conn.write(data)
+            conn.send_body(data)
             self._keep_for_replay(data)
             self._body_buffer = None
             if self._buffered > BUFFER_HIGH:
                 self.ds.resume_reading()
             self._buffered = 0
+        if self.req_done and (self.req_chunked or self.req_length) and conn.needs_end:
+            conn.send_end(self._req_trailers)  # the body ended before this link was there
 
     def _keep_for_replay(self, data: bytes) -> None:
         replay = self._replay
@@ -244,7 +236,9 @@ class UpstreamSide:
             if self._replay_size > self._group.retries.max_body:
                 self._replay = None  # too large to send again: this request will not be retried
 
-    def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool) -> None:
+    def upstream_head(self, status: int, raw_headers: Headers, keep_alive: bool, ended: bool = False) -> None:
+        """The peer's response head; `ended`: the response is this head alone (an HTTP/2 HEADERS frame
+        with END_STREAM, such as gRPC's Trailers-Only answer)."""
         ctx = self.ctx
         runtime = self.runtime
         group, peer = self._group, self._peer
@@ -266,7 +260,7 @@ class UpstreamSide:
         if status in group.retries.on_statuses and self._may_retry(idempotent_only=True):
             self._retry(ProxyError(ErrorKind.UPSTREAM_STATUS, f"peer {peer.label} answered {status}"))
             return
-        no_body = self._head_only or status == 204 or status == 304
+        no_body = self._head_only or ended or status == 204 or status == 304
         route = self.route
         assert route is not None
         chain = route.chain
@@ -381,7 +375,7 @@ class UpstreamSide:
         if (
             not self.head_sent
             and error.retryable
-            and self._may_retry(idempotent_only=error.kind not in (ErrorKind.CONNECT_FAILED, ErrorKind.CONNECT_TIMEOUT))
+            and self._may_retry(idempotent_only=error.kind not in _NOT_SENT)
         ):
             if conn is not None:
                 conn.abort()

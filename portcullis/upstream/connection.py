@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, cast
 import httptools
 
 from portcullis.engine.errors import ErrorKind, ProxyError
+from portcullis.engine.forwarding import upstream_request_head
 from portcullis.engine.messages import Headers
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class UpstreamConnection(asyncio.Protocol):
         "deadline",
         "exchange",
         "got_bytes",
+        "needs_end",
         "pool",
         "transport",
         "watchdog",
@@ -48,6 +50,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.deadline = 0.0
         self.closed = False
         self.got_bytes = False
+        self.needs_end = False  # a chunked request body ends with the last chunk
         self._state = _IDLE
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: Headers = []
@@ -213,12 +216,44 @@ class UpstreamConnection(asyncio.Protocol):
         self._response_timeout = response_timeout
         self.deadline = self.watchdog.now + response_timeout
 
+    def send_head(self) -> None:
+        exchange = self.exchange
+        transport = self.transport
+        if exchange is None or transport is None:
+            return
+        chunked = self.needs_end = exchange.req_chunked
+        if chunked:
+            framing = b"Transfer-Encoding: chunked\r\n"
+        elif exchange.req_length is not None:
+            framing = b"Content-Length: %d\r\n" % exchange.req_length
+        else:
+            framing = b""
+        runtime = exchange.runtime
+        transport.write(
+            upstream_request_head(
+                exchange.ctx, exchange.ds.trusted, runtime.request_id_header, framing, exchange.upgrade,
+                runtime.request_id_header_lower,
+            )
+        )  # fmt: skip
+
+    def send_body(self, chunk: bytes) -> None:
+        transport = self.transport
+        if transport is not None:
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.needs_end else chunk)
+            if self._state == _WAITING:
+                # the response timeout runs from the last request byte sent, so a long upload
+                # that the peer keeps reading is not cut with a 504
+                self.deadline = self.watchdog.now + self._response_timeout
+
+    def send_end(self, trailers: Headers | None) -> None:
+        if self.needs_end:
+            fields = b"".join(n + b": " + v + b"\r\n" for n, v in trailers) if trailers else b""
+            self.write(b"0\r\n" + fields + b"\r\n")
+
     def write(self, data: bytes) -> None:
         if self.transport is not None:
             self.transport.write(data)
             if self._state == _WAITING:
-                # the response timeout runs from the last request byte sent, so a long upload
-                # that the peer keeps reading is not cut with a 504
                 self.deadline = self.watchdog.now + self._response_timeout
 
     def pause_reading(self) -> None:

@@ -14,11 +14,11 @@ from portcullis.config.schema import Upstream as UpstreamConfig
 from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
 from portcullis.tls.upstream import upstream_context
-from portcullis.upstream.pool import Pool
 from portcullis.upstream.sticky import sticky_token
 
 if TYPE_CHECKING:
     from portcullis.engine.context import RequestContext
+    from portcullis.upstream.link import LinkPool
 
 log = logging.getLogger("portcullis")
 
@@ -40,6 +40,7 @@ class Peer:
         "breaker",
         "group",
         "host",
+        "http2",
         "key",
         "label",
         "max_conns",
@@ -55,13 +56,14 @@ class Peer:
         "url",
     )  # fmt: skip
 
-    def __init__(self, url: str, weight: int, pool: Pool, backup: bool = False, max_conns: int = 0) -> None:
+    def __init__(self, url: str, weight: int, pool: LinkPool, backup: bool = False, max_conns: int = 0) -> None:
         self.url = self.key = url
         self.origin = url
         """The configured peer this one comes from (a host name's addresses share it)."""
         _, hostport, self.host, self.port = parse_peer_url(url)
         self.label = hostport
         self.ssl: ssl.SSLContext | None = None  # https:// peers: set by the group
+        self.http2 = url.startswith("h2://")  # (https:// peers: set by the group)
         self.server_hostname: str | None = None
         self.base_weight = weight
         self.backup = backup
@@ -154,8 +156,9 @@ class UpstreamGroup:
         self.backup_selector: Selector | None = selector(self.backups) if self.backups else None
         for peer in self.peers:
             peer.group = self
+            peer.http2 = config.peer_http2(peer.url)
             if peer.url.startswith("https://"):
-                peer.ssl = upstream_context(config.tls)
+                peer.ssl = upstream_context(config.tls, peer.http2)
                 peer.server_hostname = (config.tls.server_name if config.tls else None) or peer.host.strip("[]")
             if config.breaker is not None and peer.breaker is None:
                 peer.breaker = Breaker(BreakerPolicy(config.breaker.failures, config.breaker.open_for))
@@ -176,6 +179,7 @@ class UpstreamGroup:
             and config.discovery is None
         )
         self.by_key = {p.key: p for p in self.peers}
+        self.http2 = any(p.http2 for p in self.peers)
         # no health policy, breaker, ejection or connection cap: only a Retry-After can make a peer unavailable
         self.simple = (
             config.health is None

@@ -1,11 +1,15 @@
-"""A bounded keep-alive pool of idle connections to one peer."""
+"""A bounded keep-alive pool of idle HTTP/1.1 connections to one peer."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import TYPE_CHECKING
 
+from portcullis.upstream.connection import UpstreamConnection
+
 if TYPE_CHECKING:
-    from portcullis.upstream.connection import UpstreamConnection
+    from portcullis.engine.watchdog import Watchdog
+    from portcullis.upstream.group import Peer
 
 
 class Pool:
@@ -27,6 +31,21 @@ class Pool:
                 return conn
             conn.close()
         return None
+
+    @property
+    def idle_count(self) -> int:
+        return len(self.idle)
+
+    async def connect(self, peer: Peer, watchdog: Watchdog) -> UpstreamConnection:
+        loop = asyncio.get_running_loop()
+        _, conn = await loop.create_connection(
+            lambda: UpstreamConnection(self, watchdog),
+            peer.host,
+            peer.port,
+            ssl=peer.ssl,
+            server_hostname=peer.server_hostname,
+        )
+        return conn
 
     def release(self, conn: UpstreamConnection, now: float) -> None:
         transport = conn.transport

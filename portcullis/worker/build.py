@@ -7,8 +7,9 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 from portcullis.balancing.discovery import PeerDiscovery, Target
-from portcullis.config.schema import Config, Keepalive, Route
+from portcullis.config.schema import Config, Route
 from portcullis.config.schema import Peer as PeerSpec
+from portcullis.config.schema import Upstream as UpstreamConfig
 from portcullis.config.units import parse_address
 from portcullis.engine.chain import compile_chain
 from portcullis.engine.filter import Filter
@@ -19,6 +20,8 @@ from portcullis.observability.access_log import AccessLog
 from portcullis.observability.stats import WorkerStats
 from portcullis.routing.router import CompiledRoute, HostMatcher, Router
 from portcullis.upstream.group import Peer, UpstreamGroup
+from portcullis.upstream.h2_pool import H2Pool
+from portcullis.upstream.link import LinkPool
 from portcullis.upstream.pool import Pool
 from portcullis.worker.runtime import ListenerRuntime, Runtime
 
@@ -27,13 +30,18 @@ def _pool_key(upstream: str, url: str) -> str:
     return f"{upstream}|{url}"
 
 
-def _peer(services: Services, upstream: str, url: str, origin: str, spec: PeerSpec, keepalive: Keepalive) -> Peer:
+def _peer(services: Services, upstream: str, url: str, origin: str, spec: PeerSpec, config: UpstreamConfig) -> Peer:
     key = _pool_key(upstream, url)
     # peers are services: a reload keeps their warm connections, health and load figures
-    pool = services.get_or_create(Pool, key, Pool)
-    pool.max_idle = keepalive.max_idle
-    pool.idle_timeout = keepalive.idle_timeout
+    pool: LinkPool
+    if config.peer_http2(url):
+        pool = services.get_or_create(H2Pool, key, H2Pool)  # shared connections, a stream per request
+    else:
+        pool = services.get_or_create(Pool, key, Pool)
+    pool.max_idle = config.keepalive.max_idle
+    pool.idle_timeout = config.keepalive.idle_timeout
     peer = services.get_or_create(Peer, key, partial(Peer, url, spec.weight, pool))
+    peer.pool = pool  # (a reload may have switched the upstream between HTTP/1.1 and HTTP/2)
     peer.base_weight, peer.backup, peer.max_conns, peer.origin = spec.weight, spec.backup, spec.max_conns, origin
     return peer
 
@@ -44,7 +52,7 @@ def build_upstreams(config: Config, services: Services) -> tuple[dict[str, Upstr
     for name, upstream in config.upstreams.items():
         peers = []
         for spec in upstream.peers:
-            peer = _peer(services, name, spec.url, spec.url, spec, upstream.keepalive)
+            peer = _peer(services, name, spec.url, spec.url, spec, upstream)
             if upstream.breaker is None:
                 peer.breaker = None
             if upstream.outlier is None:
@@ -61,7 +69,7 @@ def build_upstreams(config: Config, services: Services) -> tuple[dict[str, Upstr
 def _adopt(services: Services, group: UpstreamGroup) -> Callable[[Sequence[Target]], None]:
     def apply(targets: Sequence[Target]) -> None:
         specs = {t.url: PeerSpec(url=t.url, weight=t.weight, backup=t.backup, max_conns=t.max_conns) for t in targets}
-        peers = [_peer(services, group.name, t.url, t.origin, specs[t.url], group.config.keepalive) for t in targets]
+        peers = [_peer(services, group.name, t.url, t.origin, specs[t.url], group.config) for t in targets]
         if any(not p.backup for p in peers):
             group.set_peers(peers)
 

@@ -145,7 +145,7 @@ class Runtime:
         idle = busy = 0
         for group in self.upstreams.values():
             for peer in group.peers:
-                idle += len(peer.pool.idle)
+                idle += peer.pool.idle_count
                 busy += peer.pool.busy
         now = time.monotonic()
         peers = {

@@ -546,3 +546,46 @@ def test_admin_off_loopback_needs_a_token(tmp_path) -> None:
     assert "needs a token" in str(info.value)
     assert load_config_text("admin: {listen: 0.0.0.0:9901, token: t0k}\n" + base, "g.yaml", str(tmp_path)).admin
     assert load_config_text("admin: {listen: '[::1]:9901'}\n" + base, "g.yaml", str(tmp_path)).admin
+
+
+# --------------------------------------------------------------------------- HTTP/2 upstreams
+
+H2_BASE = """\
+listeners: [{name: web, listen: 127.0.0.1:8080}]
+upstreams:
+  grpc:
+"""
+
+
+def test_http2_peers_load(tmp_path: Path) -> None:
+    text = H2_BASE + "    peers: [{url: 'h2://127.0.0.1:50051'}, {url: 'https://10.0.0.5:8443'}]\n    http2: true\n"
+    config = load_config(write(tmp_path, text))
+    upstream = config.upstreams["grpc"]
+    assert upstream.http2
+    assert [upstream.peer_http2(p.url) for p in upstream.peers] == [True, True]
+    plain = load_config(write(tmp_path, H2_BASE + "    peers: [{url: 'h2://backend:50051'}]\n"))
+    assert plain.upstreams["grpc"].peer_http2("h2://backend:50051")
+
+
+def test_http2_true_on_a_cleartext_http_peer(tmp_path: Path) -> None:
+    text = H2_BASE + "    http2: true\n    peers:\n      - {url: 'http://127.0.0.1:50051'}\n"
+    one_problem(tmp_path, text, "6: upstreams.grpc.peers[0].url:", "http2: true is for https://", "use h2://")
+
+
+def test_one_upstream_speaks_one_protocol(tmp_path: Path) -> None:
+    text = H2_BASE + "    peers:\n      - {url: 'h2://127.0.0.1:50051'}\n      - {url: 'https://127.0.0.1:8443'}\n"
+    one_problem(tmp_path, text, "6: upstreams.grpc.peers[1].url:", "speaks HTTP/1.1", "line 5 speaks HTTP/2",
+                "set http2: true")
+
+
+def test_unknown_peer_scheme(tmp_path: Path) -> None:
+    text = H2_BASE + "    peers: [{url: 'grpc://127.0.0.1:50051'}]\n"
+    one_problem(tmp_path, text, "4: upstreams.grpc.peers[0].url:", "h2://")
+
+
+def test_grpc_health_checks_need_http2_peers(tmp_path: Path) -> None:
+    text = H2_BASE + "    peers: [{url: 'http://127.0.0.1:50051'}]\n    health:\n      grpc_service: ''\n"
+    one_problem(tmp_path, text, "6: upstreams.grpc.health.grpc_service:", "need HTTP/2 peers")
+    good = H2_BASE + "    peers: [{url: 'h2://127.0.0.1:50051'}]\n    health: {grpc_service: helloworld.Greeter}\n"
+    health = load_config(write(tmp_path, good)).upstreams["grpc"].health
+    assert health is not None and health.grpc_service == "helloworld.Greeter"

@@ -21,6 +21,7 @@ EXPECTED = {
     ErrorKind.CONNECT_FAILED: (502, Source.UPSTREAM, True),
     ErrorKind.CONNECT_TIMEOUT: (502, Source.UPSTREAM, True),
     ErrorKind.UPSTREAM_RESET: (502, Source.UPSTREAM, True),
+    ErrorKind.UPSTREAM_REFUSED: (502, Source.UPSTREAM, True),
     ErrorKind.UPSTREAM_TIMEOUT: (504, Source.UPSTREAM, False),
     ErrorKind.UPSTREAM_PROTOCOL: (502, Source.UPSTREAM, False),
     ErrorKind.UPSTREAM_STATUS: (502, Source.UPSTREAM, True),

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 from portcullis.engine.context import RequestContext
-from portcullis.engine.forwarding import HOP_BY_HOP, connection_tokens, response_headers, upstream_request_head
+from portcullis.engine.forwarding import (
+    HOP_BY_HOP,
+    connection_tokens,
+    response_headers,
+    upstream_request_fields,
+    upstream_request_head,
+)
 from portcullis.engine.messages import Headers
 
 RID = b"X-Request-Id"
@@ -298,3 +304,47 @@ def test_framing_and_routing_fields_are_not_passed_on_in_trailers() -> None:
     trailers = [(b"X-Checksum", b"abc"), (b"Content-Length", b"5"), (b"Host", b"evil"), (b"Transfer-Encoding", b"x")]
     assert forwardable_trailers(trailers) == [(b"X-Checksum", b"abc")]
     assert forwardable_trailers(None) is None
+
+
+# --------------------------------------------------------------------------- HTTP/2 peers
+
+
+def test_http2_fields_follow_the_same_rules_as_the_http1_head() -> None:
+    headers = [
+        (b"Host", b"shop.example"),
+        (b"Connection", b"close, X-Secret"),
+        (b"X-Secret", b"s"),
+        (b"Keep-Alive", b"timeout=5"),
+        (b"TE", b"trailers, deflate"),
+        (b"Transfer-Encoding", b"chunked"),
+        (b"Content-Length", b"12"),
+        (b"Expect", b"100-continue"),
+        (b"X-Forwarded-For", b"198.51.100.1"),
+        (b"X-Request-Id", b"client-id"),
+        (b"Content-Type", b"application/grpc"),
+    ]
+    ctx = make_ctx(headers)
+    ctx.upstream_path = b"/pkg.Svc/Call"
+    fields = upstream_request_fields(ctx, False, RID.lower(), b"http", 12)
+    _, h1 = forward(make_ctx(headers))
+    assert fields[:4] == [(b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"shop.example"),
+                          (b":path", b"/pkg.Svc/Call")]
+    regular = fields[4:]
+    assert all(name == name.lower() and not name.startswith(b":") for name, _ in regular)
+    # the same fields as HTTP/1.1, less Host (it is :authority), plus te: trailers and the length
+    expected = [(k.lower(), v) for k, v in h1 if k.lower() != b"host"]
+    assert sorted(regular) == sorted([*expected, (b"te", b"trailers"), (b"content-length", b"12")])
+    assert values(regular, b"x-forwarded-for") == [b"203.0.113.7"]
+    assert values(regular, b"x-request-id") == [b"rid-0001"]
+    assert values(regular, b"x-secret") == [] and values(regular, b"expect") == []
+
+
+def test_http2_fields_for_a_trusted_client_and_an_edited_host() -> None:
+    headers = [(b"host", b"edited.example"), (b"x-forwarded-for", b"198.51.100.1"), (b"forwarded", b"for=x")]
+    ctx = make_ctx(headers, method="GET")
+    ctx.host_header = b"original.example"
+    fields = upstream_request_fields(ctx, True, RID.lower(), b"https", None)
+    assert (b":authority", b"edited.example") in fields and (b":scheme", b"https") in fields
+    assert values(fields, b"x-forwarded-for") == [b"198.51.100.1, 203.0.113.7"]
+    assert values(fields, b"forwarded")[0].startswith(b"for=x, for=203.0.113.7")
+    assert values(fields, b"content-length") == [] and values(fields, b"host") == []
