@@ -2,93 +2,37 @@
 
 Unknown keys are errors (``extra="forbid"``), every field has a documented default, and
 human units (durations, sizes, addresses) are parsed here so the runtime only sees numbers.
-Feature filters are a tagged union on ``type``; the list is explicit so mypy sees every one.
+The value types live in `types.py`, the feature filters (a tagged union on ``type``) in `filters.py`.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import math
-import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, field_validator, model_validator
 
-from portcullis.config.units import parse_address, parse_duration, parse_size
-
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("a duration must be a finite number")
-    return value
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration), AfterValidator(_finite)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-_LABEL = r"[A-Za-z0-9_][A-Za-z0-9_-]{0,62}"
-_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(?:\.{_LABEL})*\.?")
-
-
-def _address(value: object) -> str:
-    host, port = parse_address(value)
-    try:
-        ip = ipaddress.ip_address(host)
-    except ValueError:
-        if not _HOSTNAME.fullmatch(host):
-            raise ValueError(f"{host!r} is not an IP address or host name") from None
-        return f"{host}:{port}"
-    return f"[{ip.compressed}]:{port}" if ip.version == 6 else f"{ip.compressed}:{port}"
-
-
-Address = Annotated[str, BeforeValidator(_address)]
-
-
-def _cidr(value: str) -> str:
-    try:
-        return str(ipaddress.ip_network(value, strict=False))
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not an IP address or CIDR block") from exc
-
-
-Cidr = Annotated[str, AfterValidator(_cidr)]
-
-
-def _regex(value: str) -> str:
-    try:
-        re.compile(value)
-    except (re.error, OverflowError, RecursionError) as exc:
-        raise ValueError(f"invalid regular expression: {exc}") from None
-    return value
-
-
-Regex = Annotated[str, AfterValidator(_regex)]
-
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-
-
-def _header_name(value: str) -> str:
-    if not _TOKEN.match(value):
-        raise ValueError(f"{value!r} is not a valid header name")
-    return value
-
-
-HeaderName = Annotated[str, AfterValidator(_header_name)]
-
-
-def _header_value(value: str) -> str:
-    if any(c in value for c in "\r\n\x00"):
-        raise ValueError("header values cannot contain CR, LF or NUL")
-    return value
-
-
-HeaderValue = Annotated[str, AfterValidator(_header_value)]
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+from portcullis.config.filters import FilterConfig as FilterConfig
+from portcullis.config.filters import HeaderOps as HeaderOps
+from portcullis.config.filters import HeadersFilter as HeadersFilter
+from portcullis.config.filters import RedirectFilter as RedirectFilter
+from portcullis.config.filters import RespondFilter as RespondFilter
+from portcullis.config.filters import RewriteFilter as RewriteFilter
+from portcullis.config.filters import WafExclusion as WafExclusion
+from portcullis.config.filters import WafFilter as WafFilter
+from portcullis.config.filters import WafRegexLimits as WafRegexLimits
+from portcullis.config.filters import WafThreshold as WafThreshold
+from portcullis.config.filters import rewrite_template as rewrite_template
+from portcullis.config.types import TOKEN
+from portcullis.config.types import Address as Address
+from portcullis.config.types import Cidr as Cidr
+from portcullis.config.types import Duration as Duration
+from portcullis.config.types import HeaderName as HeaderName
+from portcullis.config.types import HeaderValue as HeaderValue
+from portcullis.config.types import Regex as Regex
+from portcullis.config.types import Size as Size
+from portcullis.config.types import Strict as Strict
+from portcullis.config.units import parse_address
 
 # --------------------------------------------------------------------------- listeners
 
@@ -440,7 +384,7 @@ class Match(Strict):
         if value is None:
             return None
         for method in value:
-            if not _TOKEN.match(method):
+            if not TOKEN.match(method):
                 raise ValueError(f"{method!r} is not an HTTP method")
         return [m.upper() for m in value]
 
@@ -450,153 +394,6 @@ class Match(Strict):
         if value is not None and not value.startswith("/"):
             raise ValueError("a path must start with /")
         return value
-
-
-class HeaderOps(Strict):
-    set: dict[HeaderName, HeaderValue] = {}
-    add: dict[HeaderName, HeaderValue] = {}
-    remove: list[HeaderName] = []
-
-
-class HeadersFilter(Strict):
-    type: Literal["headers"]
-    request: HeaderOps = HeaderOps()
-    response: HeaderOps = HeaderOps()
-
-
-_GROUP_REF = re.compile(r"\$(\d+|\$)")
-
-
-def rewrite_template(regex: str, replace: str) -> str:
-    """Turn an nginx-style replacement (`$1` for a group, `$$` for a dollar, everything else
-    literal) into a Python `re` template; ValueError for a group the regex does not have."""
-    groups = re.compile(regex).groups
-    parts: list[str] = []
-    last = 0
-    for m in _GROUP_REF.finditer(replace):
-        parts.append(replace[last : m.start()].replace("\\", "\\\\"))
-        ref = m.group(1)
-        if ref == "$":
-            parts.append("$")
-        else:
-            if int(ref) > groups:
-                raise ValueError(f"replacement refers to group ${ref} but the regex has {groups} group(s)")
-            parts.append(f"\\g<{ref}>")
-        last = m.end()
-    parts.append(replace[last:].replace("\\", "\\\\"))
-    return "".join(parts)
-
-
-class RewriteFilter(Strict):
-    type: Literal["rewrite"]
-    strip_prefix: str | None = None
-    add_prefix: str | None = None
-    regex: Regex | None = None
-    replace: str | None = None
-    """Groups are written `$1` as in nginx; everything else is literal."""
-
-    @model_validator(mode="after")
-    def _replacement(self) -> RewriteFilter:
-        if self.regex is not None and self.replace is not None:
-            rewrite_template(self.regex, self.replace)
-        return self
-
-
-class RedirectFilter(Strict):
-    type: Literal["redirect"]
-    to: str
-    """Target URL; `$path` and `$query` are replaced by the request's."""
-    status: Literal[301, 302, 303, 307, 308] = 302
-
-
-class RespondFilter(Strict):
-    type: Literal["respond"]
-    status: int = Field(default=200, ge=200, le=599)
-    body: str = ""
-    content_type: HeaderValue = "text/plain; charset=utf-8"
-    headers: dict[HeaderName, HeaderValue] = {}
-
-
-class WafThreshold(Strict):
-    inbound: int = Field(default=5, ge=1)
-    outbound: int = Field(default=4, ge=1)
-
-
-class WafExclusion(Strict):
-    """Remove a rule (`rule_id` or `tag`), or with `target` only that target from it."""
-
-    rule_id: int | None = None
-    tag: str | None = None
-    target: str | None = None
-    """A SecLang variable, e.g. `ARGS:password` or `REQUEST_COOKIES:/^session/`."""
-
-    @model_validator(mode="after")
-    def _selects(self) -> WafExclusion:
-        if self.rule_id is None and self.tag is None:
-            raise ValueError("an exclusion needs rule_id or tag")
-        return self
-
-
-class WafRegexLimits(Strict):
-    """Guards on the `@rx` of the config's own rules (`rules`, `rule_files`) against runaway regexes."""
-
-    timeout: Duration = Field(default=0.1, le=10.0)
-    """A search that runs longer is stopped and counts as a match (0: no limit)."""
-    max_input: Size = Field(default=64 * 1024, ge=0)
-    """Characters of a value a regex sees (the start of a longer one; 0: no cap)."""
-
-
-class WafFilter(Strict):
-    type: Literal["waf"]
-    crs: str | None = None
-    """A Core Rule Set directory (e.g. /usr/share/modsecurity-crs); None: only `rules`/`rule_files`."""
-    paranoia: int = Field(default=1, ge=1, le=4)
-    mode: Literal["block", "detect"] = "block"
-    anomaly_threshold: WafThreshold = WafThreshold()
-    exclusions: list[WafExclusion] = []
-    rules: list[str] = []
-    """Inline SecLang rules, loaded after the CRS."""
-    rule_files: list[str] = []
-    max_body: Size = 128 * 1024
-    """Request body bytes inspected; a longer body is rejected (413) or passed per `on_body_limit`."""
-    on_body_limit: Literal["reject", "pass"] = "reject"
-    status: int = Field(default=403, ge=400, le=599)
-    response_inspection: bool = False
-    """Run phases 3 and 4 (response head and body: the CRS data-leakage rules)."""
-    max_response_body: Size = 64 * 1024
-    """Response body bytes inspected (RESPONSE_BODY); the rest streams on uninspected."""
-    response_body_types: list[str] = ["text/plain", "text/html", "text/xml"]
-    """Media types whose bodies are inspected; phase 4 sees the others without a body."""
-    response_body_mode: Literal["hold", "stream"] = "hold"
-    """hold: the inspected part waits for phase 4, so a block is a clean answer; stream: bytes
-    flow on as they come, and a block after some were sent cuts the connection."""
-    audit_log: str | None = None
-    """A JSON line per blocked (or, in detect mode, would-be blocked) transaction: `stdout`,
-    `stderr` or a file (reopened on SIGUSR1)."""
-    regex_limits: WafRegexLimits = WafRegexLimits()
-
-    @field_validator("response_body_types")
-    @classmethod
-    def _media_types(cls, value: list[str]) -> list[str]:
-        for item in value:
-            if not re.fullmatch(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+", item):
-                raise ValueError(f"{item!r} is not a media type such as text/html")
-        return [item.lower() for item in value]
-
-    @field_validator("crs")
-    @classmethod
-    def _crs_dir(cls, value: str | None) -> str | None:
-        import os
-
-        if value is not None and not os.path.isdir(value):
-            raise ValueError(f"{value!r} is not a directory")
-        return value
-
-
-FilterConfig = Annotated[
-    HeadersFilter | RewriteFilter | RedirectFilter | RespondFilter | WafFilter,
-    Field(discriminator="type"),
-]
 
 
 class RouteLimits(Strict):
