@@ -4,30 +4,16 @@ from __future__ import annotations
 
 import operator
 
+from portcullis.features.waf.actions import Ctl
+from portcullis.features.waf.fold import Plan, fold, group
+from portcullis.features.waf.gate import hits, phase_hits, through
 from portcullis.features.waf.ruleset import Rule, RuleSet, _id_ranges
 from portcullis.features.waf.seclang import TargetSpec, parse_targets
-from portcullis.features.waf.transaction import Match, Pairs, Transaction
+from portcullis.features.waf.transaction import Match, Transaction
 
-
-def _transformed(txn: Transaction, rule: Rule, value: str) -> str:
-    if not rule.transforms:
-        return value
-    return _through(txn, rule.pipeline, value)
-
-
-def _through(txn: Transaction, pipeline: int, value: str) -> str:
-    """The value through a pipeline, cached per request; shared prefixes are computed once."""
-    cache = txn.transformed.get(pipeline)
-    if cache is None:
-        cache = txn.transformed[pipeline] = {}
-    out = cache.get(value)
-    if out is None:
-        ruleset = txn.ruleset
-        assert ruleset is not None
-        parent = ruleset.parents[pipeline]
-        before = value if parent < 0 or not ruleset.pipelines[parent] else _through(txn, parent, value)
-        out = cache[value] = ruleset.pipelines[pipeline][-1](before)
-    return out
+_STOPS = ("deny", "drop", "allow")
+_DIGITS = tuple(str(d) for d in range(10))
+_MISS: list[str] = []  # not in an operator cache (a cached result is a list or None)
 
 
 def _multimatch_values(rule: Rule, value: str) -> list[str]:
@@ -39,6 +25,16 @@ def _multimatch_values(rule: Rule, value: str) -> list[str]:
     return values
 
 
+def _removed_targets(txn: Transaction, head: Rule) -> list[TargetSpec] | None:
+    """Targets a `ctl:ruleRemoveTargetById/ByTag` took from this rule in this transaction."""
+    extra = txn.removed_targets.get(head.id)
+    if txn.removed_targets_by_tag:
+        tagged = [t for tag, t in txn.removed_targets_by_tag if tag in head.tags]
+        if tagged:
+            extra = (extra or []) + tagged
+    return extra
+
+
 class Evaluator:
     """Runs the phases of a rule set; the set is shared, the transaction is per request."""
 
@@ -46,7 +42,7 @@ class Evaluator:
         self.ruleset = ruleset
         # per phase: its rules without the markers, and where each jumps when it matches (the
         # index of the first rule after its skipAfter marker, or `skip` rules on; -1: the next)
-        self.plans: dict[int, tuple[list[Rule], list[int]]] = {}
+        self.plans: dict[int, Plan] = {}
         for phase, entries in ruleset.phases.items():
             before = [0] * (len(entries) + 1)  # before[j]: how many rules entries[:j] holds
             for j, entry in enumerate(entries):
@@ -64,107 +60,115 @@ class Evaluator:
                     jumps.append(before[min(len(entries), j + 1 + entry.skip)])
                 else:
                     jumps.append(-1)
-            self.plans[phase] = (rules, jumps)
+            if rules:
+                self.plans[phase] = Plan(rules, list(range(1, len(rules) + 1)), jumps)
+        self.first_phase = min(self.plans, default=1)
+        # the same plans with what does not depend on the request decided (fold.py)
+        self.folded = fold(self, self.plans)
+        for folded_plan in self.folded.plans.values():
+            group(folded_plan, ruleset.budget, self.folded.reads_matched)
 
     def run_phase(self, txn: Transaction, phase: int) -> None:
-        txn.ruleset = self.ruleset
         if txn.disruptive is not None or txn.allowed or txn.rule_engine == "off":
             return
-        plan = self.plans.get(phase)
-        if not plan or not plan[0]:
+        folded = txn.folded
+        if folded is None:
+            # decided once per transaction: a fresh one starts from the folded state
+            folded = txn.folded = phase <= self.first_phase and txn.fresh()
+            if folded:
+                self.folded.state.apply(txn)
+        plan = (self.folded.plans if folded else self.plans).get(phase)
+        if plan is None:
             return
-        rules, jumps = plan
-        removing = bool(txn.removed_ids or txn.removed_ranges or txn.removed_tags)
-        pipeline_hits = txn.pipeline_hits
+        rules, nexts, jumps, groups = plan.rules, plan.nexts, plan.jumps, plan.groups
+        gate: set[int] | None = None
+        # groups (fold.Group): `replay` runs only the rules whose first link matched when the
+        # group last met the same collections; `record` notes them on a first meeting
+        replay: tuple[int, ...] = ()
+        replay_at = replay_end = -1
+        record: list[int] | None = None
+        memo: dict[tuple[int, ...], tuple[int, ...]] = {}
+        key: tuple[int, ...] = ()
+        record_end = -1
         i, n = 0, len(rules)
         while i < n:
+            if replay_end >= 0:
+                if txn.removing or txn.removed_targets or txn.removed_targets_by_tag:
+                    replay_end = -1  # a ctl changed what rules see: run the rest in full
+                elif i < replay_end:
+                    while replay_at < len(replay) and replay[replay_at] < i:
+                        replay_at += 1
+                    i = replay[replay_at] if replay_at < len(replay) else replay_end
+                if i >= replay_end:
+                    replay_end = -1
+                if i >= n:
+                    break
+            if record is not None and i == record_end:
+                memo[key] = tuple(record)
+                self.ruleset.budget.charge(len(key) + len(record))
+                record = None
             entry = rules[i]
             here = i
-            i += 1
-            if removing and txn.rule_removed(entry.id, entry.tags):
-                continue
-            if entry.fast_tx is not None:
-                verdict = _tx_may_match(txn, entry.fast_tx)
-                if verdict is False:
-                    continue
-                if verdict is True and entry.fast_pure and entry.disruptive not in ("deny", "drop", "allow"):
-                    if jumps[here] >= 0:
-                        i = jumps[here]
-                    continue
-                if verdict is True and entry.chained is None and not entry.capture:
-                    self._fast_match(txn, entry)
-                    entry_matched = True
-                else:
-                    entry_matched = self._rule(txn, entry)
-                removing = bool(txn.removed_ids or txn.removed_ranges or txn.removed_tags)
-                if not entry_matched:
-                    continue
-                if self._after_match(txn, entry):
-                    return
-                if jumps[here] >= 0:
-                    i = jumps[here]
-                continue
-            if entry.fast_multi and not txn.removed_targets and not txn.removed_targets_by_tag:
-                verdict = _tx_any(txn, entry.fast_multi)
-                if verdict is False:
-                    continue  # no target can match
-                if verdict is True and entry.fast_pure and entry.disruptive not in ("deny", "drop", "allow"):
-                    if jumps[here] >= 0:
-                        i = jumps[here]
-                    continue
-            if entry.gate:
-                hits = pipeline_hits.get((phase, entry.pipeline))
-                if hits is None:
-                    hits = self._pipeline_hits(txn, phase, entry.pipeline)
-                if entry.prefilter not in hits:
-                    continue  # no value of any collection it reads hit its pattern
-            if (
-                entry.prefilter >= 0
-                and entry.target_key is not None
-                and not txn.removed_targets
-                and not txn.removed_targets_by_tag
+            i = nexts[here]
+            grp = groups[here] if groups else None
+            if grp is not None and replay_end < 0 and record is None and not (
+                txn.removing or txn.removed_targets or txn.removed_targets_by_tag
             ):
-                union = txn.prefilter_union.get((entry.target_key, entry.pipeline))
-                if union is not None and entry.prefilter not in union:
-                    continue  # the prefilter already ruled this pattern out for these values
-            matched = self._rule(txn, entry)
-            removing = bool(txn.removed_ids or txn.removed_ranges or txn.removed_tags)
+                memo = grp.memo
+                key = tuple([txn.number(c) for c in grp.sources])
+                found = memo.get(key)
+                if found is not None:
+                    replay, replay_at, replay_end = found, 0, grp.end
+                    i = here
+                    continue
+                record, record_end = [], grp.end
+            if txn.removing and txn.rule_removed(entry.id, entry.tags):
+                record = None  # left out here, not for every transaction
+                continue
+            if entry.gate and replay_end < 0:  # a replayed rule's first link matched: no need
+                if gate is None:
+                    gate = phase_hits(txn, self.ruleset, phase)
+                if entry.prefilter not in gate:
+                    continue  # no value of any collection it reads hit its pattern
+            matched = self.step(txn, entry)
+            if record is not None:
+                # a rule that failed without leaving anything behind, on request data alone,
+                # fails again on the same data: it need not run on a replay
+                if txn.head_matched and (matched or not entry.quiet):
+                    record.append(here)
+                if matched and (jumps[here] >= 0 or entry.disruptive in _STOPS):
+                    record = None  # the run left the group: what follows was not seen
+                elif txn.removing or txn.removed_targets or txn.removed_targets_by_tag:
+                    record = None
             if not matched:
                 continue
             if self._after_match(txn, entry):
                 return
             if jumps[here] >= 0:
                 i = jumps[here]
+        if record is not None and record_end >= n:
+            memo[key] = tuple(record)
 
-    def _pipeline_hits(self, txn: Transaction, phase: int, pipeline: int) -> set[int]:
-        """The prefilter hits of every item of the collections the phase's gated rules read."""
-        found: set[int] = set()
-        db = self.ruleset.prefilters[pipeline]
-        plain = not self.ruleset.pipelines[pipeline]
-        cache = txn.transformed.get(pipeline)
-        if cache is None:
-            cache = txn.transformed[pipeline] = {}
-        known = txn.scanned
-        static = txn.static_items
-        for collection, keys in self.ruleset.gate_collections[(phase, pipeline)]:
-            pairs = static.get(collection)
-            if pairs is None:
-                pairs = static[collection] = txn.items(collection)
-            for key, raw in pairs:
-                if keys is not None and key not in keys and key.lower() not in keys:
-                    continue
-                if plain:
-                    value = raw
-                else:
-                    got = cache.get(raw)
-                    value = got if got is not None else _through(txn, pipeline, raw)
-                hits = known.get(value)
-                if hits is None:
-                    hits = known[value] = scan(db, value)
-                if hits:
-                    found |= hits
-        txn.pipeline_hits[(phase, pipeline)] = found
-        return found
+    def step(self, txn: Transaction, entry: Rule) -> bool:
+        """Evaluate one rule; whether it matched (its skip or skipAfter applies)."""
+        fast = entry.fast_tx
+        if fast is not None:
+            verdict = tx_verdict(txn, fast)
+            if verdict is False:
+                return False
+            if verdict is True and entry.fast_pure and entry.disruptive not in _STOPS:
+                return True  # nothing but flow control to do
+            if verdict is True and entry.chained is None and not entry.capture:
+                self._fast_match(txn, entry)
+                return True
+            return self._rule(txn, entry)
+        if entry.fast_multi and not txn.removed_targets and not txn.removed_targets_by_tag:
+            verdict = tx_any_verdict(txn, entry.fast_multi)
+            if verdict is False:
+                return False  # no target can match
+            if verdict is True and entry.fast_pure and entry.disruptive not in _STOPS:
+                return True
+        return self._rule(txn, entry)
 
     def _after_match(self, txn: Transaction, entry: Rule) -> bool:
         """The disruptive action of a matched rule; True: stop the phase."""
@@ -191,120 +195,126 @@ class Evaluator:
         txn.matched_text = value
         self._actions(txn, rule)
         if rule.msg:
-            txn.rule_msg = txn.expand(rule.msg)
+            txn.rule_msg = rule.msg_template.render(txn)
             txn.matches.append(self._match_record(txn, rule))
 
     def _match_record(self, txn: Transaction, rule: Rule) -> Match:
         return Match(
-            rule.id, txn.expand(rule.msg), rule.severity, txn.matched_var_name, txn.matched_var, rule.tags, rule.phase,
-            txn.matched_text,
-        )
+            rule.id, rule.msg_template.render(txn), rule.severity, txn.matched_var_name, txn.matched_var, rule.tags,
+            rule.phase, txn.matched_text,
+        )  # fmt: skip
 
     def _rule(self, txn: Transaction, rule: Rule) -> bool:
         """Whether the rule (with its chain) matched; runs its actions when it did."""
         txn.matched_vars = []
-        link: Rule | None = rule
         txn.rule_id, txn.rule_severity = rule.id, rule.severity
         txn.rule_msg = rule.msg
+        txn.head_matched = False
+        if not self._link(txn, rule, rule):
+            return False
+        txn.head_matched = True
+        link = rule.chained
         while link is not None:
             if not self._link(txn, link, rule):
                 return False
             link = link.chained
-        txn.rule_msg = txn.expand(rule.msg) if rule.msg else ""
         if rule.msg:
+            txn.rule_msg = rule.msg_template.render(txn)
             txn.matches.append(self._match_record(txn, rule))
+        else:
+            txn.rule_msg = ""
         return True
 
-    def _values(self, txn: Transaction, link: Rule, head: Rule) -> Pairs:
-        exclusions = link.exclusions
-        extra = txn.removed_targets.get(head.id)
-        if txn.removed_targets_by_tag:
-            tagged = [t for tag, t in txn.removed_targets_by_tag if tag in head.tags]
-            if tagged:
-                extra = (extra or []) + tagged
-        if extra:
-            exclusions = exclusions + extra
-        elif link.target_key is not None:
-            cached = txn.values_cache.get(link.target_key)
-            if cached is None:
-                cached = txn.values_cache[link.target_key] = self._collect(txn, link, exclusions)
-            return cached
-        return self._collect(txn, link, exclusions)
-
-    def _collect(self, txn: Transaction, link: Rule, exclusions: list[TargetSpec]) -> Pairs:
-        out: Pairs = []
-        for spec in link.targets:
-            if spec.count:
-                plain = TargetSpec(spec.collection, spec.key, spec.key_regex)
-                out.append((spec.collection, str(len(txn.select(plain, exclusions)))))
-            else:
-                out.extend(txn.select(spec, exclusions))
-        return out
+    def link_matches(self, txn: Transaction, link: Rule, head: Rule) -> bool:
+        """Whether one link of a rule matches (its actions run when it does)."""
+        return self._link(txn, link, head)
 
     def _link(self, txn: Transaction, link: Rule, head: Rule) -> bool:
         if link.is_action:
             self._actions(txn, link)
             return True
+        memo = link.memo
+        key: tuple[int, ...] | None = None
+        selectors = link.selectors
+        # every target's values first: actions that run on a match must not change what is read
+        if txn.removed_targets or txn.removed_targets_by_tag:
+            extra = _removed_targets(txn, head)
+            values = [sel.values_without(txn, extra) if extra else sel.values(txn) for sel in selectors]
+            memo = None
+        else:
+            if memo is not None:
+                sources = link.memo_collections
+                key = (txn.number(sources[0]),) if len(sources) == 1 else tuple([txn.number(c) for c in sources])
+                if key in memo:
+                    return False  # found nothing in these very values before
+            values = [selectors[0].values(txn)] if len(selectors) == 1 else [sel.values(txn) for sel in selectors]
         op, negated, expand = link.operator, link.negated, txn.expand
-        prefilter = self.ruleset.prefilters.get(link.pipeline) if link.prefilter >= 0 and not negated else None
-        values = self._values(txn, link, head)
-        if (
-            prefilter is not None
-            and link.target_key is not None
-            and head.id not in txn.removed_targets
-            and link.prefilter not in self._union(txn, link, values, prefilter)
-        ):
-            return False  # one scan of every value per (targets, pipeline) rules most rules out
+        ruleset = self.ruleset
+        pattern = link.prefilter
+        dbs = link.scan_dbs if pattern >= 0 else ()
+        pipeline = link.pipeline
+        plain = not link.transforms
+        multimatch = link.multimatch
+        cache = link.op_cache
         matched = False
-        for name, raw in values:
-            candidates = _multimatch_values(link, raw) if link.multimatch else [_transformed(txn, link, raw)]
-            for value in candidates:
-                if prefilter is not None and link.prefilter not in _hits(txn, link.pipeline, value, prefilter):
-                    continue
-                caps = op(value, expand)
-                if (caps is not None) == negated:
-                    continue
-                matched = True
-                txn.matched_var, txn.matched_var_name = value, name
-                txn.matched_text = caps[0] if caps else value
-                txn.matched_vars.append((name, value))
-                if link.capture and caps:
-                    for index, cap in enumerate(caps[:10]):
-                        txn.tx[str(index)] = cap
-                # as in ModSecurity, non-disruptive actions run for every matched variable, as
-                # it matches (a chained rule may read what its head's setvar wrote)
-                self._actions(txn, link)
-                break
+        for index, pairs in enumerate(values):
+            if not pairs:
+                continue
+            db = dbs[index] if dbs else -1
+            for name, raw in pairs:
+                if multimatch:
+                    candidates = _multimatch_values(link, raw)
+                else:
+                    candidates = [raw if plain else through(ruleset, pipeline, raw)]
+                for value in candidates:
+                    if db >= 0 and pattern not in hits(ruleset, db, value):
+                        continue  # the prefilter rules the pattern out for this value
+                    if cache is None:
+                        caps = op(value, expand)
+                    else:
+                        caps = cache.get(value, _MISS)
+                        if caps is _MISS:
+                            caps = cache[value] = op(value, expand)
+                            ruleset.budget.charge(len(value))
+                    if (caps is not None) == negated:
+                        continue
+                    matched = True
+                    txn.matched_var, txn.matched_var_name = value, name
+                    txn.matched_text = caps[0] if caps else value
+                    txn.matched_vars.append((name, value))
+                    if caps and link.capture:
+                        tx = txn.tx
+                        for index, cap in enumerate(caps[:10]):
+                            tx[_DIGITS[index]] = cap
+                    # as in ModSecurity, non-disruptive actions run for every matched variable,
+                    # as it matches (a chained rule may read what its head's setvar wrote)
+                    if link.setvar_ops or link.ctl_ops:
+                        self._actions(txn, link)
+                    break
+        if not matched and key is not None and memo is not None:
+            memo[key] = True
+            ruleset.budget.charge(len(key))
         return matched
 
-    def _union(self, txn: Transaction, link: Rule, values: Pairs, db: object) -> set[int]:
-        key = (link.target_key, link.pipeline)
-        found = txn.prefilter_union.get(key)
-        if found is None:
-            found = set()
-            for _, raw in values:
-                found |= _hits(txn, link.pipeline, _transformed(txn, link, raw), db)
-            txn.prefilter_union[key] = found
-        return found
-
     def _actions(self, txn: Transaction, link: Rule) -> None:
-        for expr in link.setvars:
-            txn.set_var(expr)
-        for ctl in link.ctls:
+        for setvar in link.setvar_ops:
+            setvar.apply(txn)
+        for ctl in link.ctl_ops:
             self._ctl(txn, ctl)
 
-    def _ctl(self, txn: Transaction, ctl: str) -> None:
-        name, _, value = ctl.partition("=")
-        name = name.strip().lower()
-        value = txn.expand(value.strip())
+    def _ctl(self, txn: Transaction, ctl: Ctl) -> None:
+        name = ctl.name
+        value = ctl.value.render(txn)
         if name == "ruleremovebyid":
             for lo, hi in _id_ranges(value):
                 if lo == hi:
                     txn.removed_ids.add(lo)
                 else:
                     txn.removed_ranges.append((lo, hi))
+            txn.removing = True
         elif name == "ruleremovebytag":
             txn.removed_tags.append(value)
+            txn.removing = True
         elif name in ("ruleremovetargetbyid", "ruleremovetargetbytag"):
             selector, _, target = value.partition(";")
             specs = parse_targets(target) if target else []
@@ -323,7 +333,7 @@ class Evaluator:
 _NUMERIC = {"eq": operator.eq, "lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
 
 
-def _tx_may_match(txn: Transaction, fast: tuple[str, str, int]) -> bool | None:
+def tx_verdict(txn: Transaction, fast: tuple[str, str, int]) -> bool | None:
     """`TX:key "@op N"`: False when it cannot match, True when it does, None: ask the operator."""
     key = fast[0]
     if key[0] == "&":
@@ -331,40 +341,19 @@ def _tx_may_match(txn: Transaction, fast: tuple[str, str, int]) -> bool | None:
     value = txn.tx.get(key)
     if value is None:
         return False
-    try:
-        number = int(value)
-    except ValueError:
+    digits = value[1:] if value[:1] == "-" else value
+    if not (digits.isascii() and digits.isdigit()):
         return None  # the operator parses a leading number
-    return bool(_NUMERIC[fast[1]](number, fast[2]))
+    return bool(_NUMERIC[fast[1]](int(value), fast[2]))
 
 
-def _tx_any(txn: Transaction, fast: tuple[tuple[str, str, int], ...]) -> bool | None:
+def tx_any_verdict(txn: Transaction, fast: tuple[tuple[str, str, int], ...]) -> bool | None:
     """Several `(&)TX:key` targets, one operator: True when one matches, False when none can."""
     unsure = False
     for one in fast:
-        verdict = _tx_may_match(txn, one)
+        verdict = tx_verdict(txn, one)
         if verdict is True:
             return True
         if verdict is None:
             unsure = True
     return None if unsure else False
-
-
-def _hits(txn: Transaction, pipeline: int, value: str, db: object) -> set[int]:
-    """The prefilter ids that may match a transformed value; one database serves every pipeline,
-    so the hits of a value are shared by all the pipelines that produce it."""
-    found = txn.scanned.get(value)
-    if found is None:
-        found = txn.scanned[value] = scan(db, value)
-    return found
-
-
-def scan(db: object, value: str) -> set[int]:
-    hits: set[int] = set()
-    db.scan(value.encode("latin-1", "replace"), match_event_handler=_on_match, context=hits)  # type: ignore[attr-defined]
-    return hits
-
-
-def _on_match(pattern_id: int, start: int, end: int, flags: int, context: set[int]) -> bool | None:
-    context.add(pattern_id)
-    return None

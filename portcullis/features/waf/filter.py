@@ -18,7 +18,8 @@ from portcullis.engine.phases import Phase
 from portcullis.engine.services import Services
 from portcullis.features.waf.audit import audit_line
 from portcullis.features.waf.loader import Waf, describe, inbound_score, outbound_score
-from portcullis.features.waf.transaction import HttpRequest, Transaction
+from portcullis.features.waf.request import HttpRequest
+from portcullis.features.waf.transaction import Transaction
 from portcullis.observability.log_file import LogFile, acquire_shared, release_shared
 from portcullis.observability.stats import WorkerStats
 

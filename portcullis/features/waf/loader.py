@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 
 from portcullis.features.waf.engine import Evaluator
 from portcullis.features.waf.prefilter import build_prefilters
+from portcullis.features.waf.request import HttpRequest
 from portcullis.features.waf.ruleset import Guard, RuleSet, compile_ruleset
-from portcullis.features.waf.transaction import HttpRequest, Match, Transaction
+from portcullis.features.waf.transaction import Match, Transaction
 
 _SETUP_CANDIDATES = ("crs-setup.conf.example", "crs-setup.conf")
 _SYSTEM_SETUP = ("/etc/modsecurity/crs/crs-setup.conf",)
@@ -132,7 +133,8 @@ class Waf:
     @classmethod
     def from_settings(cls, settings: WafSettings) -> Waf:
         ruleset = compile_ruleset(load_sources(settings), user_guard(settings))
-        build_prefilters(ruleset)
+        # rules above the executing paranoia level are skipped by the CRS itself: no scanning for them
+        build_prefilters(ruleset, settings.executing_paranoia or settings.paranoia)
         return cls(ruleset)
 
     @classmethod
@@ -142,14 +144,14 @@ class Waf:
         return cls(ruleset)
 
     def begin(self, request: HttpRequest) -> Transaction:
-        return Transaction(request)
+        return Transaction(request, shared=self.ruleset.shared)
 
     def phase(self, txn: Transaction, phase: int) -> None:
         self.evaluator.run_phase(txn, phase)
 
     def evaluate(self, request: HttpRequest) -> Transaction:
         """Phases 1 and 2 over a complete request (the body included)."""
-        txn = Transaction(request)
+        txn = Transaction(request, shared=self.ruleset.shared)
         self.evaluator.run_phase(txn, 1)
         txn.load_body(request.body)
         self.evaluator.run_phase(txn, 2)

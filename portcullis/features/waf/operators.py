@@ -35,8 +35,9 @@ class OperatorError(ValueError):
 
 class Operator:
     name = ""
-    literal: str | None = None  # for the prefilter: a pattern the value must contain to match
+    literal: str | None = None  # for the prefilter: a text a matching value contains (case aside)
     pattern: str | None = None  # for the prefilter: the regex source
+    pure = True  # the result depends on the value alone (no macros, no time limit): cacheable
 
     def __call__(self, value: str, expand: Expander) -> Captures:
         raise NotImplementedError
@@ -70,6 +71,7 @@ class Rx(Operator):
 
 class MacroRx(Operator):
     name = "rx"
+    pure = False
 
     def __init__(self, arg: str) -> None:
         self.arg = arg
@@ -103,6 +105,7 @@ class GuardedRx(Rx):
         self.regex = None if macro else _regex_engine(arg)
         self.timeout = timeout or None
         self.max_input = max_input
+        self.pure = False  # a search stopped by the time limit is not a property of the value
         self.on_timeout: Captures = None if negated else []
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -169,12 +172,26 @@ class _Str(Operator):
     def __init__(self, arg: str) -> None:
         self.arg = arg
         self.has_macro = "%{" in arg
+        self.pure = not self.has_macro
+
+    def with_arg(self, arg: str) -> Operator:
+        """The same operator with another argument (a macro's constant value filled in)."""
+        return type(self)(arg)
 
     def param(self, expand: Expander) -> str:
         return expand(self.arg) if self.has_macro else self.arg
 
 
-class Contains(_Str):
+class _Literal(_Str):
+    """A string operator that matches only values containing its parameter."""
+
+    def __init__(self, arg: str) -> None:
+        super().__init__(arg)
+        if not self.has_macro and arg:
+            self.literal = arg
+
+
+class Contains(_Literal):
     name = "contains"
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -182,7 +199,7 @@ class Contains(_Str):
         return [p] if p in value else None
 
 
-class ContainsWord(_Str):
+class ContainsWord(_Literal):
     name = "containsword"
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -192,7 +209,7 @@ class ContainsWord(_Str):
         return [p] if re.search(r"(?<![A-Za-z0-9_])" + re.escape(p) + r"(?![A-Za-z0-9_])", value) else None
 
 
-class BeginsWith(_Str):
+class BeginsWith(_Literal):
     name = "beginswith"
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -200,7 +217,7 @@ class BeginsWith(_Str):
         return [p] if value.startswith(p) else None
 
 
-class EndsWith(_Str):
+class EndsWith(_Literal):
     name = "endswith"
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -208,7 +225,7 @@ class EndsWith(_Str):
         return [p] if value.endswith(p) else None
 
 
-class StrEq(_Str):
+class StrEq(_Literal):
     name = "streq"
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -224,7 +241,7 @@ class Within(_Str):
         return [value] if value and value in p else None
 
 
-class StrMatch(_Str):
+class StrMatch(_Literal):
     name = "strmatch"
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -232,16 +249,27 @@ class StrMatch(_Str):
         return [p] if p in value else None
 
 
+_LEADING_INT = re.compile(r"\s*([-+]?\d+)")
+
+
 def _to_int(text: str) -> int:
-    m = re.match(r"\s*([-+]?\d+)", text)
+    """The leading integer of a text, 0 without one (ModSecurity's atoi)."""
+    if text.isascii() and text.isdigit():
+        return int(text)
+    m = _LEADING_INT.match(text)
     return int(m.group(1)) if m else 0
 
 
 class _Num(_Str):
     test: Callable[[int, int], bool] = staticmethod(lambda a, b: False)
 
+    def __init__(self, arg: str) -> None:
+        super().__init__(arg)
+        self.number = None if self.has_macro else _to_int(arg)
+
     def __call__(self, value: str, expand: Expander) -> Captures:
-        return [value] if type(self).test(_to_int(value), _to_int(self.param(expand))) else None
+        number = self.number if self.number is not None else _to_int(self.param(expand))
+        return [value] if type(self).test(_to_int(value), number) else None
 
 
 class Eq(_Num):
@@ -374,6 +402,8 @@ class DetectXSS(Operator):
 
 
 class Constant(Operator):
+    pure = False  # nothing to save
+
     def __init__(self, name: str, result: bool) -> None:
         self.name = name
         self.result = result

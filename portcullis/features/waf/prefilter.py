@@ -1,16 +1,25 @@
-"""A hyperscan prefilter: every static `@rx` (and phrase `@pm`) in one database.
+"""The hyperscan prefilter: which rules could possibly match a value, for one scan of it.
 
-A transformed value is scanned once, whatever pipelines produced it; a rule's own regex only
-runs when the database says its pattern may match (prefilter mode: a superset, never a miss). Without hyperscan the
-rules simply run their regexes.
+Every positive `@rx` with a static pattern and every `@pm` gets a pattern id. Its scan pattern
+is the regex itself in hyperscan's prefilter mode (a superset: a value it does not hit cannot
+match), or, where that mode cannot be trusted with the pattern, the regex's necessary literals
+(`literals.py`), or a `@pm`'s phrases. A rule's own regex only runs on a value its pattern hit.
+
+Databases are per phase and collection (collections read by nearly the same rules share
+one), holding only the rules at or below the configured paranoia level, so each value is
+scanned against the few patterns that can apply to it. `gate.py` uses them per request.
+Without hyperscan the rules simply run their regexes.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Any
 
-from portcullis.features.waf.operators import Pm, Rx
+from portcullis.features.waf.gate import CollectionGate, Reader, scan
+from portcullis.features.waf.literals import necessary_literals
+from portcullis.features.waf.operators import MacroRx, Pm, Rx
 from portcullis.features.waf.ruleset import Rule, RuleSet
 
 try:
@@ -20,154 +29,233 @@ try:
 except ImportError:  # pragma: no cover - optional accelerator
     HAVE_HYPERSCAN = False
 
-_BAD_INDEX = re.compile(r"Expression (?:number )?(\d+)")
-
 # hyperscan 5.4 (the PyPI wheel) misses some matches of `.+` followed later by `\s*`, e.g.
-# `@.+=\s*\(` on `@` + 70 bytes + `=(`: such patterns are left out of the prefilter (their
-# rules always run the regex), so the prefilter can never hide a match.
+# `@.+=\s*\(` on `@` + 70 bytes + `=(`: such patterns are scanned for their necessary literals
+# instead, so the prefilter can never hide a match.
 _RISKY = re.compile(r"\.[+*{].*\\s[*?{]", re.S)
 
+# a pattern that hits one of these (`^.*$`, `.`, `(..)$`) hits nearly every value
+_PROBES = ("x", "zz")
+_MERGE_SIZE = 0.6  # a collection shares a database when it reads at least this share of it ...
+_MERGE_GROWTH = 1.1  # ... and adds few patterns to it
 
-_PROBES = (b"", b"x", b"zz")
 
-
-def _scan(db: Any, value: bytes) -> set[int]:
-    hits: set[int] = set()
-
-    def on_match(pattern_id: int, start: int, end: int, flags: int, context: object) -> bool | None:
-        hits.add(pattern_id)
-        return None
-
-    db.scan(value, match_event_handler=on_match)
-    return hits
+@dataclass
+class _Source:
+    regex: str | None  # a hyperscan prefilter-mode expression, or
+    literals: frozenset[str]  # literals, one of which a matching value contains (caseless)
 
 
 def _literal(text: str) -> str:
     return "".join(c if c.isalnum() or c == "_" else f"\\x{ord(c):02x}" for c in text)
 
 
-def _links(ruleset: RuleSet) -> list[Rule]:
-    out: list[Rule] = []
-    for entries in ruleset.phases.values():
-        for entry in entries:
-            link: Rule | None = entry if isinstance(entry, Rule) else None
-            while link is not None:
-                out.append(link)
-                link = link.chained
-    return out
+def _source(link: Rule) -> _Source | None:
+    """What to scan for, for one rule link; None: nothing sound or useful."""
+    op = link.operator
+    if link.negated or isinstance(op, MacroRx):
+        return None
+    if isinstance(op, Rx):
+        pattern = op.pattern or ""
+        compiled = getattr(op, "regex", None)
+        if compiled is not None and any(compiled.search(probe) for probe in _PROBES):
+            return None  # it matches (nearly) anything: a scan would rule nothing out
+        if pattern and pattern.isascii() and not _RISKY.search(pattern):
+            return _Source(pattern, frozenset())
+        return _literal_source(pattern)
+    if isinstance(op, Pm) and op.phrases and all(p.isascii() for p in op.phrases):
+        return _Source(None, frozenset(op.phrases))
+    if op.literal and op.literal.isascii():  # @streq, @contains, @beginsWith ...
+        return _Source(None, frozenset({op.literal.lower()}))
+    return None
 
 
-def _compile(patterns: list[bytes]) -> tuple[Any, list[int]]:
-    """Compile, dropping patterns hyperscan rejects; returns the database and kept indexes."""
-    kept = list(range(len(patterns)))
-    flags = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_DOTALL
-    flags |= hyperscan.HS_FLAG_ALLOWEMPTY
-    while kept:
-        db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-        try:
-            db.compile(
-                expressions=[patterns[i] for i in kept],
-                ids=kept,
-                elements=len(kept),
-                flags=[flags] * len(kept),
-            )
-            return db, kept
-        except hyperscan.error as exc:
-            m = _BAD_INDEX.search(str(exc))
-            if m:
-                del kept[int(m.group(1))]
-                continue
-            kept = [i for i in kept if _compiles(patterns[i], flags)]
-            if not kept:
-                break
-            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            try:
-                db.compile(expressions=[patterns[i] for i in kept], ids=kept, elements=len(kept),
-                           flags=[flags] * len(kept))  # fmt: skip
-            except hyperscan.error:
-                return None, []
-            return db, kept
-    return None, []
+def _literal_source(pattern: str) -> _Source | None:
+    found = necessary_literals(pattern) if pattern else None
+    return _Source(None, found) if found and all(s.isascii() for s in found) else None
 
 
-def _compiles(pattern: bytes, flags: int) -> bool:
+def _expressions(ids: list[int], sources: list[_Source]) -> tuple[list[bytes], list[int], list[int]]:
+    regex_flags = hyperscan.HS_FLAG_PREFILTER | hyperscan.HS_FLAG_SINGLEMATCH | hyperscan.HS_FLAG_DOTALL
+    regex_flags |= hyperscan.HS_FLAG_ALLOWEMPTY
+    literal_flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
+    exprs: list[bytes] = []
+    out_ids: list[int] = []
+    flags: list[int] = []
+    for i in ids:
+        src = sources[i]
+        if src.regex is not None:
+            exprs.append(src.regex.encode("ascii"))
+            out_ids.append(i)
+            flags.append(regex_flags)
+        else:
+            for lit in sorted(src.literals):  # one expression each: a phrase list can be long
+                exprs.append(_literal(lit).encode("ascii"))
+                out_ids.append(i)
+                flags.append(literal_flags)
+    return exprs, out_ids, flags
+
+
+def _compile_db(ids: list[int], sources: list[_Source]) -> Any:
+    exprs, out_ids, flags = _expressions(ids, sources)
     db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=exprs, ids=out_ids, elements=len(exprs), flags=flags)
+    return db
+
+
+def _compiles(source: _Source) -> bool:
     try:
-        db.compile(expressions=[pattern], ids=[0], elements=1, flags=[flags])
+        _compile_db([0], [source])
     except hyperscan.error:
         return False
     return True
 
 
-def build_prefilters(ruleset: RuleSet) -> None:
+def _database(ids: list[int], sources: list[_Source]) -> Any:
+    """A database of these pattern ids; a regex hyperscan rejects falls back to its literals,
+    and one that hits trivial values is dropped: it would rule nothing out."""
+    try:
+        db = _compile_db(ids, sources)
+    except hyperscan.error:
+        for i in ids:
+            regex = sources[i].regex
+            if regex is not None and not _compiles(sources[i]):
+                sources[i] = _literal_source(regex) or _Source(None, frozenset())
+        ids = [i for i in ids if sources[i].regex is not None or sources[i].literals]
+        if not ids:
+            return None
+        db = _compile_db(ids, sources)
+    trivial: set[int] = set()
+    for probe in _PROBES:
+        trivial |= scan(db, probe)
+    if trivial:
+        for i in trivial:
+            sources[i] = _Source(None, frozenset())
+        ids = [i for i in ids if i not in trivial]
+        if not ids:
+            return None
+        db = _compile_db(ids, sources)
+    return db
+
+
+def _chains(ruleset: RuleSet) -> list[tuple[int, Rule, Rule]]:
+    """(phase, head, link) for every link of every rule."""
+    out: list[tuple[int, Rule, Rule]] = []
+    for phase, entries in ruleset.phases.items():
+        for entry in entries:
+            if not isinstance(entry, Rule):
+                continue
+            link: Rule | None = entry
+            while link is not None:
+                out.append((phase, entry, link))
+                link = link.chained
+    return out
+
+
+def _groups(wanted: dict[tuple[int, str], set[int]]) -> dict[tuple[int, str], frozenset[int]]:
+    """Collections read by nearly the same patterns share a database (fewer to compile)."""
+    groups: list[tuple[int, set[int]]] = []  # (phase, pattern ids)
+    members: list[list[tuple[int, str]]] = []
+    for key, ids in sorted(wanted.items(), key=lambda kv: (kv[0][0], -len(kv[1]), kv[0][1])):
+        for index, (phase, group) in enumerate(groups):
+            if (
+                phase == key[0]
+                and len(ids) >= _MERGE_SIZE * len(group)
+                and len(group | ids) <= _MERGE_GROWTH * len(group)
+            ):
+                group |= ids
+                members[index].append(key)
+                break
+        else:
+            groups.append((key[0], set(ids)))
+            members.append([key])
+    return {key: frozenset(group) for (_, group), keys in zip(groups, members, strict=True) for key in keys}
+
+
+def build_prefilters(ruleset: RuleSet, paranoia: int = 4) -> None:
+    """Give prefilterable rule links a pattern id, compile the scan databases and the gates.
+    Rules above `paranoia` (the configured level) are left out: they run their regexes."""
     if not HAVE_HYPERSCAN:
         return
-    by_pipeline: dict[int, list[Rule]] = {}
-    sources: dict[int, str] = {}
-    for link in _links(ruleset):
-        if link.negated or link.multimatch:
+    sources: list[_Source] = []
+    links: list[tuple[int, Rule, Rule]] = []
+    for phase, head, link in _chains(ruleset):
+        src = _source(link) if head.paranoia <= paranoia else None
+        if src is None:
             continue
-        pattern = ""
-        if isinstance(link.operator, Rx):
-            pattern = link.operator.pattern or ""
-            if _RISKY.search(pattern):
-                continue
-        elif isinstance(link.operator, Pm) and link.operator.phrases:
-            # a phrase set is a caseless alternation of literals
-            pattern = "(?i)(?:" + "|".join(_literal(p) for p in link.operator.phrases) + ")"
-        if pattern and pattern.isascii():
-            sources[id(link)] = pattern
-            by_pipeline.setdefault(link.pipeline, []).append(link)
-    # one database for every pipeline: a transformed value is scanned once, whichever pipelines
-    # produced it (clean values come out of most pipelines unchanged); pattern ids are global
-    links = [link for group in by_pipeline.values() for link in group]
-    db, kept = _compile([sources[id(link)].encode("ascii") for link in links])
-    if db is not None:
-        # a pattern that hits even these (`^.*$`, `.`, `(..)$` ...) hits nearly every value: it
-        # rules nothing out and costs a callback per scan, so its rules just run their regex
-        trivial: set[int] = set()
-        for probe in _PROBES:
-            trivial |= _scan(db, probe)
-        if trivial:
-            links = [links[i] for i in kept if i not in trivial]
-            db, kept = _compile([sources[id(link)].encode("ascii") for link in links])
-    if db is not None:
-        for index in kept:
-            links[index].prefilter = index
-            ruleset.prefilters[links[index].pipeline] = db
-    _gates(ruleset)
+        link.prefilter = len(sources)
+        sources.append(src)
+        links.append((phase, head, link))
+    wanted: dict[tuple[int, str], set[int]] = {}
+    for phase, _, link in links:
+        for sel in link.selectors:
+            if not sel.count:
+                wanted.setdefault((phase, sel.collection), set()).add(link.prefilter)
+    databases: dict[frozenset[int], int] = {}
+    ruleset.scan_cache = []
+    db_of: dict[tuple[int, str], int] = {}
+    for key, ids in _groups(wanted).items():
+        if ids not in databases:
+            db = _database(sorted(ids), sources)
+            databases[ids] = len(ruleset.prefilters) if db is not None else -1
+            if db is not None:
+                ruleset.prefilters.append(db)
+                ruleset.scan_cache.append(ruleset.budget.table({}))
+        db_of[key] = databases[ids]
+    for phase, _, link in links:
+        if not (sources[link.prefilter].regex or sources[link.prefilter].literals):
+            link.prefilter = -1
+            continue
+        link.scan_dbs = tuple(-1 if sel.count else db_of.get((phase, sel.collection), -1) for sel in link.selectors)
+    _gates(ruleset, db_of)
 
 
-def _gates(ruleset: RuleSet) -> None:
+def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int]) -> None:
     """Mark the rules a phase-wide scan may rule out: a positive prefiltered head whose targets
-    are static (no counts). Its values are a subset of the items the phase's gated rules of its
-    pipeline read, so a pattern without a hit on any of them cannot match the rule either."""
+    are request data (no counts). The gate scans every item of the collections they read, so a
+    pattern without a hit on any of them cannot match the rule either."""
     for phase, entries in ruleset.phases.items():
-        wanted: dict[int, dict[str, set[str] | None]] = {}
+        # (collection) -> (key or None: every item) -> pipeline -> pattern ids
+        reads: dict[str, dict[str | None, dict[int, set[int]]]] = {}
         for entry in entries:
             if (
                 not isinstance(entry, Rule)
                 or entry.prefilter < 0
-                or entry.target_key is None
-                or entry.negated
-                or entry.multimatch
-                or entry.pipeline not in ruleset.prefilters
-                or not entry.targets
-                or any(t.count for t in entry.targets)
+                or not entry.static
+                or not entry.selectors
+                or any(s.count for s in entry.selectors)
+                or any(db < 0 for db in entry.scan_dbs)
             ):
                 continue
             entry.gate = True
-            reads = wanted.setdefault(entry.pipeline, {})
-            for t in entry.targets:
-                keys = reads.get(t.collection, set())
-                if keys is None:
-                    continue
-                if t.key is None:  # the whole collection, or keys by regex
-                    reads[t.collection] = None
-                else:
-                    keys.add(t.key)
-                    reads[t.collection] = keys
-        for pipeline, reads in wanted.items():
-            ruleset.gate_collections[(phase, pipeline)] = tuple(
-                (name, None if keys is None else frozenset(keys)) for name, keys in sorted(reads.items())
-            )
+            pipelines = _stages(ruleset, entry.pipeline) if entry.multimatch else [entry.pipeline]
+            for sel in entry.selectors:
+                by_key = reads.setdefault(sel.collection, {})
+                key = sel.key if sel.key_re is None else None
+                for pipeline in pipelines:
+                    by_key.setdefault(key, {}).setdefault(pipeline, set()).add(entry.prefilter)
+        gates: list[CollectionGate] = []
+        for collection, by_key in sorted(reads.items()):
+            readers: dict[str | None, tuple[Reader, ...]] = {}
+            for key, by_pipeline in by_key.items():
+                readers[key] = tuple(
+                    Reader(p, frozenset(ids), ruleset.pipelines[p])
+                    for p, ids in sorted(by_pipeline.items())
+                )
+            every = readers.pop(None, ())
+            keyed = {key: found for key, found in readers.items() if key is not None}
+            gate = CollectionGate(collection, db_of[(phase, collection)], every, keyed)
+            gate.cache = ruleset.budget.table({})
+            gate.memo = ruleset.budget.table({})
+            gates.append(gate)
+        if gates:
+            ruleset.gates[phase] = tuple(gates)
+
+
+def _stages(ruleset: RuleSet, pipeline: int) -> list[int]:
+    """A pipeline and each of its prefixes (multiMatch tries the value after every step)."""
+    out: list[int] = []
+    while pipeline >= 0:
+        out.append(pipeline)
+        pipeline = ruleset.parents[pipeline]
+    return out

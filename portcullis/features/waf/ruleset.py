@@ -6,9 +6,13 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from portcullis.features.waf import transforms as T
+from portcullis.features.waf.actions import Ctl, SetVar, Template, template
+from portcullis.features.waf.cache import Budget, Shared
 from portcullis.features.waf.operators import Operator, OperatorError, compile_operator, guard_regex
+from portcullis.features.waf.request import source
 from portcullis.features.waf.seclang import (
     Directive,
     RuleSpec,
@@ -19,6 +23,10 @@ from portcullis.features.waf.seclang import (
     parse_targets,
     rule_from_directive,
 )
+from portcullis.features.waf.variables import Selector, is_static
+
+if TYPE_CHECKING:
+    from portcullis.features.waf.gate import CollectionGate
 
 SEVERITIES = {
     "0": "EMERGENCY",
@@ -62,19 +70,23 @@ class Rule:
     line: int
     allow_scope: str = ""
     chained: Rule | None = None
-    prefilter: int = -1  # index in the pipeline's prefilter database, -1: none
-    target_key: int | None = None  # names targets + exclusions, when their values are static
+    selectors: tuple[Selector, ...] = ()  # the targets, compiled
+    static: bool = False  # every target is request data (no TX, MATCHED_VAR ...)
+    setvar_ops: tuple[SetVar, ...] = ()
+    ctl_ops: tuple[Ctl, ...] = ()
+    msg_template: Template = field(default_factory=lambda: template(""))
+    op_cache: dict[str, list[str] | None] | None = None  # value -> the operator's result, when pure
+    # the numbers (cache.Numbers) of the sources (request.source) in which this link found
+    # nothing, when its result depends on them alone (request data, a pure operator)
+    memo: dict[tuple[int, ...], bool] | None = None
+    memo_collections: tuple[str, ...] = ()
+    prefilter: int = -1  # the pattern's id in the scan databases, -1: none
+    scan_dbs: tuple[int, ...] = ()  # per selector: the scan database its values go through, -1: none
     fast_tx: tuple[str, str, int] | None = None  # `(&)TX:key "@op N"`: ((&)key, op, N), a quick verdict
     fast_pure: bool = False  # fast_tx/fast_multi, and nothing but flow control when it matches
     fast_multi: tuple[tuple[str, str, int], ...] = ()  # `(&)TX:a|(&)TX:b "@op N"`: one per target
     gate: bool = False  # prefiltered on static targets: skipped unless its pattern hit a phase-wide scan
-
-
-# variables whose values change while rules run: never cached per request
-DYNAMIC = frozenset(
-    {"TX", "MATCHED_VAR", "MATCHED_VARS", "MATCHED_VAR_NAME", "MATCHED_VARS_NAMES", "IP", "GLOBAL", "SESSION",
-     "USER", "DURATION", "RULE"}
-)
+    quiet: bool = False  # fails without a trace when it does not match (fold.group)
 
 
 @dataclass(slots=True)
@@ -92,12 +104,17 @@ class RuleSet:
     rules_by_id: dict[int, Rule]
     pipelines: list[tuple[T.Transform, ...]]
     parents: list[int]
-    prefilters: dict[int, object] = field(default_factory=dict)
-    # (phase, pipeline): what the gated rules of that phase read through the pipeline, as
-    # (collection, its keys or None: every item)
-    gate_collections: dict[tuple[int, int], tuple[tuple[str, frozenset[str] | None], ...]] = field(
-        default_factory=dict
-    )
+    prefilters: list[object] = field(default_factory=list)  # the scan databases (prefilter.py)
+    # shared by the transactions (cache.py): pipeline -> value -> output, database -> value -> ids
+    budget: Budget = field(default_factory=Budget)
+    transform_cache: list[dict[str, str]] = field(default_factory=list)
+    scan_cache: list[dict[str, frozenset[int]]] = field(default_factory=list)
+    shared: Shared = field(init=False)  # with the transactions: numbers, parsed heads
+    # per phase: the collections its gated rules read, with how (prefilter.py, gate.py)
+    gates: dict[int, tuple[CollectionGate, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.shared = Shared(self.budget)
 
     def phase_used(self, phase: int) -> bool:
         return any(isinstance(e, Rule) for e in self.phases.get(phase, ()))
@@ -213,7 +230,17 @@ class _Compiler:
         self.pipelines: dict[tuple[str, ...], int] = {}
         self.pipeline_funcs: list[tuple[T.Transform, ...]] = []
         self.parents: list[int] = []
-        self.target_keys: dict[tuple[tuple[TargetSpec, ...], tuple[TargetSpec, ...]], int] = {}
+        self.selectors: dict[tuple[TargetSpec, tuple[TargetSpec, ...]], Selector] = {}
+
+    def selector(self, spec: TargetSpec, exclusions: list[TargetSpec]) -> Selector:
+        """Selectors are shared between rules, so what one selects is cached for all (per request)."""
+        relevant = tuple(ex for ex in exclusions if ex.collection == spec.collection)
+        key = (spec, relevant)
+        found = self.selectors.get(key)
+        if found is None:
+            slot = len(self.selectors) if is_static(spec.collection) else -1
+            found = self.selectors[key] = Selector(spec, list(relevant), slot)
+        return found
 
     def pipeline(self, names: list[str]) -> tuple[int, tuple[T.Transform, ...]]:
         """Pipelines are numbered with every prefix first, so `parents[p]` is p minus its last step."""
@@ -296,9 +323,11 @@ class _Compiler:
             capture, msg, logdata, severity, tags, disruptive, status, setvars, ctls, skip, skip_after,
             spec.is_action, paranoia, spec.source, spec.line, allow_scope,
         )
-        if not any(t.collection in DYNAMIC or t.collection.startswith("TIME") for t in targets):
-            key = (tuple(targets), tuple(exclusions))
-            rule.target_key = self.target_keys.setdefault(key, len(self.target_keys))
+        rule.selectors = tuple(self.selector(t, exclusions) for t in targets)
+        rule.static = all(is_static(t.collection) for t in targets)
+        rule.setvar_ops = tuple(SetVar(v) for v in setvars)
+        rule.ctl_ops = tuple(Ctl(c) for c in ctls)
+        rule.msg_template = template(msg)
         arg = spec.operator_arg.strip()
         if (
             targets
@@ -360,4 +389,27 @@ def compile_ruleset(sources: list[tuple[str, str]], guard: Guard | None = None) 
     markers = {
         p: {e.name: i for i, e in enumerate(entries) if isinstance(e, Marker)} for p, entries in phases.items()
     }
-    return RuleSet(phases, markers, rules_by_id, compiler.pipeline_funcs, compiler.parents)
+    ruleset = RuleSet(phases, markers, rules_by_id, compiler.pipeline_funcs, compiler.parents)
+    ruleset.transform_cache = [ruleset.budget.table({}) for _ in compiler.pipeline_funcs]
+    for selector in compiler.selectors.values():
+        if selector.slot >= 0 and selector.source in ("", "body"):
+            selector.shared = ruleset.budget.table({})
+    for entries in phases.values():
+        for entry in entries:
+            link = entry if isinstance(entry, Rule) else None
+            while link is not None:
+                attach_caches(link, ruleset.budget)
+                link = link.chained
+    return ruleset
+
+
+def attach_caches(link: Rule, budget: Budget) -> None:
+    """Give a link with a pure operator its operator cache, and its memo when it reads request
+    data alone (the caches are shared by transactions, under the rule set's budget)."""
+    link.op_cache = link.memo = None
+    link.memo_collections = ()
+    if link.operator.pure:
+        link.op_cache = budget.table({})
+        if link.selectors and all(sel.slot >= 0 for sel in link.selectors) and not link.is_action:
+            link.memo = budget.table({})
+            link.memo_collections = tuple(dict.fromkeys(source(sel.collection) for sel in link.selectors))

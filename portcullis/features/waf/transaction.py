@@ -2,30 +2,19 @@
 
 from __future__ import annotations
 
-import re
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from portcullis.features.waf import bodies
+from portcullis.features.waf.actions import SetVar, template
+from portcullis.features.waf.cache import Shared
+from portcullis.features.waf.request import HttpRequest, header
+
+__all__ = ["HttpRequest", "Match", "Pairs", "Transaction"]
 from portcullis.features.waf.seclang import TargetSpec
+from portcullis.features.waf.variables import Selector
 
 Pairs = list[tuple[str, str]]
-
-
-@dataclass(slots=True)
-class HttpRequest:
-    """What the WAF sees of a request; text is latin-1 (one code point per byte)."""
-
-    method: str
-    uri: str  # the raw request target, as sent
-    protocol: str = "HTTP/1.1"
-    headers: Pairs = field(default_factory=list)
-    body: bytes = b""
-    remote_addr: str = "127.0.0.1"
-    remote_port: int = 0
-    server_name: str = "localhost"
-    server_port: int = 80
 
 
 @dataclass(slots=True)
@@ -39,8 +28,6 @@ class Match:
     phase: int = 0
     data: str = ""  # what the operator matched (a regex's match, a phrase ...), or the value
 
-
-_MACRO = re.compile(r"%\{([^}]+)\}")
 
 # collections whose items are (key, value); *_NAMES are derived from them
 _NAMED = {
@@ -57,11 +44,26 @@ _NAMED = {
 class Transaction:
     """One request's evaluation: built by the ruleset for every request, never shared."""
 
-    def __init__(self, request: HttpRequest, unique_id: str = "") -> None:
+    def __init__(self, request: HttpRequest, unique_id: str = "", shared: Shared | None = None) -> None:
         self.request = request
-        self.collections: dict[str, Pairs] = {}
-        self.scalars: dict[str, str] = {}
+        self.shared = shared if shared is not None else Shared()
+        number, head = self.shared.head(request)
+        self.collections: dict[str, Pairs] = dict(head.collections)
+        self.scalars: dict[str, str] = dict(head.scalars)
+        self.scalars.update(
+            REMOTE_ADDR=request.remote_addr,
+            REMOTE_HOST=request.remote_addr,
+            REMOTE_PORT=str(request.remote_port),
+            SERVER_NAME=request.server_name,
+            SERVER_PORT=str(request.server_port),
+            UNIQUE_ID=unique_id,
+        )
         self.tx: dict[str, str] = {}
+        self.tx_dropped = 0  # TX keys removed so far (variables.Selector remembers TX:/regex/ keys)
+        self.tx_keys: dict[int, tuple[int, int, list[str]]] = {}
+        self.tx_seed: object | None = None  # what TX started as a copy of, with its keys in order
+        self.tx_seed_keys: tuple[str, ...] = ()
+        self.tx_seed_dropped = 0
         self.persistent: dict[str, dict[str, str]] = {"IP": {}, "GLOBAL": {}, "SESSION": {}, "USER": {}}
         self.matched_var = ""
         self.matched_var_name = ""
@@ -70,125 +72,44 @@ class Transaction:
         self.rule_id = 0
         self.rule_msg = ""
         self.rule_severity = ""
+        self.head_matched = False  # the first link of the last rule run matched
         self.removed_ids: set[int] = set()
         self.removed_ranges: list[tuple[int, int]] = []
         self.removed_tags: list[str] = []
         self.removed_targets: dict[int, list[TargetSpec]] = {}
         self.removed_targets_by_tag: list[tuple[str, TargetSpec]] = []
-        self.body_processor: str | None = None
+        self.removing = False  # a ctl removed rules (by id, range or tag) in this transaction
+        self.body_processor: str | None = head.processor
         self.rule_engine = "on"
         self.matches: list[Match] = []
         self.disruptive: Match | None = None
         self.allowed = False
-        self.transformed: dict[int, dict[str, str]] = {}  # pipeline -> value -> transformed value
-        self.scanned: dict[str, set[int]] = {}  # transformed value -> prefilter hits
-        self.values_cache: dict[object, Pairs] = {}
-        self.ruleset: Any = None  # the RuleSet being run (set by the evaluator)
-        self.prefilter_union: dict[object, set[int]] = {}
-        self.pipeline_hits: dict[tuple[int, int], set[int]] = {}
-        self.static_items: dict[str, Pairs] = {}  # the items of request collections, until the body
+        # what depends on the request data seen so far (dropped when more arrives)
+        self.selected: dict[int, Pairs] = {}  # selector slot -> its (name, value) pairs
+        self.numbers: dict[str, int] = {"": number}  # source (request.source) -> its content's number
+        self.body_key: tuple[tuple[str, str], ...] | None = None  # (processor, body) once loaded
+        self.gate_hits: dict[int, set[int]] = {}  # phase -> prefilter ids any gated value hit
+        self.named: dict[str, Pairs] = {}  # the *_NAMES collections
+        self.folded: bool | None = None  # runs the folded plans (fold.py); None: not decided yet
         self.started = time.time()
         self.unique_id = unique_id
         self.reported = 0  # matches already counted in the metrics
-        self._load_request_head()
 
     # ------------------------------------------------------------------ request data
-    def _load_request_head(self) -> None:
-        req = self.request
-        uri = req.uri
-        path = uri
-        if "://" in uri[:10]:  # absolute form
-            rest = uri.split("://", 1)[1]
-            slash = rest.find("/")
-            path = rest[slash:] if slash >= 0 else "/"
-        filename, _, query = path.partition("?")
-        filename = filename.partition("#")[0]
-        basename = filename.rsplit("/", 1)[-1]
-        headers = list(req.headers)
-        cookies: Pairs = []
-        for name, value in headers:
-            if name.lower() == "cookie":
-                for piece in value.split(";"):
-                    piece = piece.strip()
-                    if not piece:
-                        continue
-                    cname, _, cvalue = piece.partition("=")
-                    cookies.append((cname.strip(), cvalue.strip()))
-        args_get = bodies.parse_urlencoded(query)
-        self.collections.update(
-            {
-                "ARGS_GET": args_get,
-                "ARGS_POST": [],
-                "ARGS": list(args_get),
-                "REQUEST_HEADERS": headers,
-                "REQUEST_COOKIES": cookies,
-                "FILES": [],
-                "FILES_SIZES": [],
-                "FILES_TMPNAMES": [],
-                "FILES_TMP_CONTENT": [],
-                "MULTIPART_PART_HEADERS": [],
-                "XML": [],
-                "ENV": [],
-                "GEO": [],
-                "RESPONSE_HEADERS": [],
-            }
-        )
-        line = f"{req.method} {uri} {req.protocol}" if req.protocol else f"{req.method} {uri}"
-        self.scalars.update(
-            {
-                "REQUEST_METHOD": req.method,
-                "REQUEST_URI": path,
-                "REQUEST_URI_RAW": uri,
-                "REQUEST_FILENAME": filename,
-                "REQUEST_BASENAME": basename,
-                "REQUEST_LINE": line,
-                "REQUEST_PROTOCOL": req.protocol,
-                "QUERY_STRING": query,
-                "REMOTE_ADDR": req.remote_addr,
-                "REMOTE_HOST": req.remote_addr,
-                "REMOTE_PORT": str(req.remote_port),
-                "SERVER_NAME": req.server_name,
-                "SERVER_PORT": str(req.server_port),
-                "SERVER_ADDR": "127.0.0.1",
-                "UNIQUE_ID": self.unique_id,
-                "REQBODY_ERROR": "0",
-                "REQBODY_PROCESSOR_ERROR": "0",
-                "INBOUND_DATA_ERROR": "0",
-                "OUTBOUND_DATA_ERROR": "0",
-                "URLENCODED_ERROR": "0",
-                "AUTH_TYPE": "",
-                "REMOTE_USER": "",
-                "REQUEST_BODY_LENGTH": "0",
-                "FULL_REQUEST_LENGTH": str(len(line) + sum(len(n) + len(v) + 4 for n, v in headers)),
-            }
-        )
-        self._args_combined()
-        content_type = self.header("content-type") or ""
-        low = content_type.lower()
-        if low.startswith("application/x-www-form-urlencoded"):
-            self.body_processor = "URLENCODED"
-        elif low.startswith("multipart/form-data"):
-            self.body_processor = "MULTIPART"
-        elif low.startswith("application/json") or "+json" in low:
-            self.body_processor = "JSON"
-        elif low.startswith(("text/xml", "application/xml")) or "+xml" in low:
-            self.body_processor = "XML"
-
     def header(self, name: str) -> str | None:
-        for key, value in self.request.headers:
-            if key.lower() == name:
-                return value
-        return None
+        return header(self.request.headers, name)
 
     def _args_combined(self) -> None:
         self.scalars["ARGS_COMBINED_SIZE"] = str(sum(len(k) + len(v) for k, v in self.collections["ARGS"]))
 
     def _forget_values(self) -> None:
         """New data arrived: the values cached from the collections before it are stale."""
-        self.values_cache.clear()
-        self.prefilter_union.clear()
-        self.pipeline_hits.clear()
-        self.static_items.clear()
+        self.selected.clear()
+        kept = [(k, self.numbers[k]) for k in ("", "body") if k in self.numbers]  # head, body: unchanged
+        self.numbers.clear()
+        self.numbers.update(kept)
+        self.gate_hits.clear()
+        self.named.clear()
 
     def load_response_head(self, status: int, protocol: str, headers: Pairs) -> None:
         """The response variables of phase 3."""
@@ -212,6 +133,8 @@ class Transaction:
         """Run the request body processor (at the start of phase 2)."""
         self._forget_values()
         text = body.decode("latin-1")
+        self.body_key = (("", self.body_processor or ""), ("", text))
+        self.numbers.pop("body", None)
         if self.body_processor in (None, "URLENCODED"):
             # as in ModSecurity: the raw body only with the URL-encoded processor, or none
             self.scalars["REQUEST_BODY"] = text
@@ -255,13 +178,19 @@ class Transaction:
     # ------------------------------------------------------------------ variables
     def items(self, collection: str) -> Pairs:
         """Every (key, value) of a variable; a scalar is one item keyed by its own name."""
-        if collection == "TX":
-            return list(self.tx.items())
         found = self.collections.get(collection)
         if found is not None:
             return found
+        if collection == "TX":
+            return list(self.tx.items())
+        value = self.scalars.get(collection)
+        if value is not None:
+            return [("", value)]
         if collection in _NAMED:
-            return [(k, k) for k, _ in self.collections.get(_NAMED[collection], ())]
+            names = self.named.get(collection)
+            if names is None:
+                names = self.named[collection] = [(k, k) for k, _ in self.collections.get(_NAMED[collection], ())]
+            return names
         if collection in self.persistent:
             return list(self.persistent[collection].items())
         if collection == "MATCHED_VAR":
@@ -276,88 +205,52 @@ class Transaction:
             return [("", str(int((time.time() - self.started) * 1e6)))]
         if collection.startswith("TIME"):
             return [("", _time_var(collection))]
-        value = self.scalars.get(collection)
-        return [("", value)] if value is not None else []
+        return []
+
+    def number(self, name: str) -> int:
+        """The number (cache.Numbers) of what a source (request.source) holds now: "" the head,
+        "body" what the body processor made (the head, before it ran), else a collection."""
+        found = self.numbers.get(name)
+        if found is None:
+            if name == "body":
+                if self.body_key is None:
+                    found = self.numbers[""]
+                else:
+                    key = [("", str(self.numbers[""])), *self.body_key]
+                    found = self.shared.numbers.number(key)
+            else:
+                found = self.shared.numbers.number(self.items(name))
+            self.numbers[name] = found
+        return found
 
     def select(self, spec: TargetSpec, exclusions: list[TargetSpec]) -> Pairs:
         """The (full name, value) pairs a target names, minus the excluded ones."""
-        collection = spec.collection
-        if spec.key is not None and collection == "TX" and not exclusions:
-            value = self.tx.get(spec.key)  # TX keys are stored lower-cased
-            return [] if value is None else [(f"TX:{spec.key}", value)]
-        items = self.items(collection)
-        if not items:
-            return []
-        out: Pairs = []
-        key, key_re = spec.key, spec.key_regex
-        compiled = _key_regex(key_re) if key_re is not None else None
-        relevant = [ex for ex in exclusions if ex.collection == collection] if exclusions else None
-        for k, v in items:
-            if key is not None and k != key and k.lower() != key:
-                continue
-            if compiled is not None and not compiled.search(k):
-                continue
-            if relevant and _excluded(collection, k, relevant):
-                continue
-            out.append((f"{collection}:{k}" if k else collection, v))
-        return out
+        return Selector(spec, exclusions, -1).values(self)
 
     # ------------------------------------------------------------------ macros
     def expand(self, text: str) -> str:
         if "%{" not in text:
             return text
-        return _MACRO.sub(self._macro, text)
-
-    def _macro(self, m: re.Match[str]) -> str:
-        ref = m.group(1)
-        name, _, key = ref.partition(".")
-        up = name.upper()
-        if up == "TX":
-            return self.tx.get(key.lower(), "")
-        if up == "RULE":
-            low = key.lower()
-            if low == "id":
-                return str(self.rule_id)
-            if low == "msg":
-                return self.rule_msg
-            if low == "severity":
-                return self.rule_severity
-            return ""
-        if up in self.persistent:
-            return self.persistent[up].get(key.lower(), "")
-        items = self.items(up)
-        if key:
-            low = key.lower()
-            for k, v in items:
-                if k.lower() == low:
-                    return v
-            return ""
-        return items[0][1] if items else ""
+        return template(text).render(self)
 
     def set_var(self, expr: str) -> None:
         """`setvar:tx.a=1`, `tx.a=+5`, `tx.a=-1`, `!tx.a`, `tx.a` (sets 1); macros expanded."""
-        expr = expr.strip()
-        remove = expr.startswith("!")
-        if remove:
-            expr = expr[1:]
-        target, has_value, value = expr.partition("=")
-        target = self.expand(target.strip())
-        col, _, key = target.partition(".")
-        store = self.tx if col.upper() == "TX" else self.persistent.setdefault(col.upper(), {})
-        key = key.lower()
-        if remove:
-            store.pop(key, None)
-            return
-        if not has_value:
-            store[key] = "1"
-            return
-        value = self.expand(value)
-        if value[:1] in "+-" and len(value) > 1 and value[1:].strip().isdigit():
-            current = _to_int(store.get(key, "0"))
-            delta = int(value[1:].strip())
-            store[key] = str(current + delta if value[0] == "+" else current - delta)
-        else:
-            store[key] = value
+        SetVar(expr).apply(self)
+
+    def fresh(self) -> bool:
+        """Nothing has run on this transaction yet (no variable, match or ctl change)."""
+        return (
+            not self.tx
+            and not any(self.persistent.values())
+            and not self.matches
+            and not self.matched_var_name
+            and not self.removing
+            and not self.removed_targets
+            and not self.removed_targets_by_tag
+            and self.rule_engine == "on"
+            and self.disruptive is None
+            and not self.allowed
+        )
 
     def rule_removed(self, rule_id: int, tags: list[str]) -> bool:
         if rule_id in self.removed_ids:
@@ -366,35 +259,6 @@ class Transaction:
             if lo <= rule_id <= hi:
                 return True
         return any(t in self.removed_tags for t in tags) if self.removed_tags else False
-
-
-def _to_int(text: str) -> int:
-    m = re.match(r"\s*([-+]?\d+)", text)
-    return int(m.group(1)) if m else 0
-
-
-_KEY_REGEXES: dict[str, re.Pattern[str]] = {}
-
-
-def _key_regex(pattern: str) -> re.Pattern[str]:
-    compiled = _KEY_REGEXES.get(pattern)
-    if compiled is None:
-        compiled = _KEY_REGEXES[pattern] = re.compile(pattern, re.I)
-    return compiled
-
-
-def _excluded(collection: str, key: str, exclusions: list[TargetSpec]) -> bool:
-    low = key.lower()
-    for ex in exclusions:
-        if ex.collection != collection:
-            continue
-        if ex.key is None and ex.key_regex is None:
-            return True
-        if ex.key is not None and ex.key == low:
-            return True
-        if ex.key_regex is not None and _key_regex(ex.key_regex).search(key):
-            return True
-    return False
 
 
 def _time_var(name: str) -> str:

@@ -11,6 +11,7 @@ import binascii
 import hashlib
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 
 Transform = Callable[[str], str]
 
@@ -425,3 +426,81 @@ TRANSFORMS: dict[str, Transform] = {
 def lookup(name: str) -> Transform:
     """The transformation called `name` (case-insensitive); KeyError if unknown."""
     return TRANSFORMS[name.lower()]
+
+
+# --------------------------------------------------------------------------- may change
+# What can make a transformation change a value: characters, sequences, a leading or trailing
+# character, the value "." alone, any non-ASCII character. A value with none of them is left
+# as it is, so the prefilter can skip pipelines that leave a (typically clean) value unchanged.
+
+
+@dataclass(frozen=True)
+class Change:
+    chars: str = ""  # any of these characters
+    seqs: tuple[str, ...] = ()  # any of these sequences
+    ends: str = ""  # one of these characters first or last
+    dot: bool = False  # the value "." itself
+    nonascii: bool = False  # a character past 0x7f
+
+
+_UPPERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+_TRIMMED = " \t\n\r\f\v\x00"
+CHANGES: dict[Transform, Change] = {
+    lowercase: Change(_UPPERS),
+    uppercase: Change(_UPPERS.lower()),
+    url_decode: Change("%+"),
+    url_decode_uni: Change("%+"),
+    html_entity_decode: Change("&"),
+    js_decode: Change("\\"),
+    css_decode: Change("\\"),
+    escape_seq_decode: Change("\\"),
+    cmd_line: Change("\\\"'^,;\t\r\n" + _UPPERS, ("  ", " /", " (")),
+    compress_whitespace: Change("\t\n\r\f\v\xa0", ("  ",)),
+    remove_whitespace: Change(" \t\n\r\f\v\xa0"),
+    remove_nulls: Change("\x00"),
+    replace_nulls: Change("\x00"),
+    replace_comments: Change(seqs=("/*",)),
+    remove_comments: Change("#", ("/*", "--")),
+    remove_comments_char: Change("#", ("/*", "*/", "--")),
+    normalize_path: Change("/", dot=True),
+    normalize_path_win: Change("/\\", dot=True),
+    utf8_to_unicode: Change(nonascii=True),
+    parity_zero_7bit: Change(nonascii=True),
+    trim: Change(ends=_TRIMMED),
+    trim_left: Change(ends=_TRIMMED),
+    trim_right: Change(ends=_TRIMMED),
+    sql_hex_decode: Change(seqs=("0x",)),
+}
+
+
+def ALWAYS(v: str) -> bool:  # a constant, compared by identity
+    """The test of transformations that change (nearly) every value."""
+    return True
+
+
+def may_change(fns: tuple[Transform, ...] | list[Transform]) -> Callable[[str], bool]:
+    """A test that is False only when every one of these transformations leaves a value as it is
+    (those without a `Change` always count as changing)."""
+    specs = [CHANGES.get(fn) for fn in fns]
+    if any(spec is None for spec in specs):
+        return ALWAYS
+    chars = "".join(sorted({c for spec in specs if spec is not None for c in spec.chars}))
+    seqs = tuple(sorted({q for spec in specs if spec is not None for q in spec.seqs}))
+    ends = "".join(sorted({c for spec in specs if spec is not None for c in spec.ends}))
+    dot = any(spec.dot for spec in specs if spec is not None)
+    nonascii = any(spec.nonascii for spec in specs if spec is not None)
+    search = re.compile("[" + re.escape(chars) + "]").search if chars else None
+
+    def test(v: str) -> bool:
+        if nonascii and not v.isascii():
+            return True
+        if search is not None and search(v) is not None:
+            return True
+        for seq in seqs:
+            if seq in v:
+                return True
+        if ends and v and (v[0] in ends or v[-1] in ends):
+            return True
+        return dot and v == "."
+
+    return test

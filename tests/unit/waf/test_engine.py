@@ -211,7 +211,8 @@ def test_prefilter_keeps_results() -> None:
 
 
 def test_prefilter_never_hides_a_match_hyperscan_misses() -> None:
-    # hyperscan 5.4 misses `@.+=\s*\(` on a long subject: such patterns stay out of the prefilter
+    # hyperscan 5.4 misses `@.+=\s*\(` on a long subject: such patterns are not scanned in
+    # hyperscan's prefilter mode but for their necessary literals (one of `@`, `=`, `(`)
     rules = "\n".join(
         [
             'SecRule ARGS "@rx @.+=\\s*\\(" "id:1,phase:2,pass,t:none,msg:risky"',
@@ -219,10 +220,11 @@ def test_prefilter_never_hides_a_match_hyperscan_misses() -> None:
         ]
     )
     waf = Waf.from_text(rules)
-    assert waf.ruleset.rules_by_id[1].prefilter == -1
+    assert waf.ruleset.rules_by_id[1].prefilter >= 0
     assert waf.ruleset.rules_by_id[2].prefilter >= 0
     value = "%40" + "x" * 70 + "%3D%28"
     assert [m.rule_id for m in waf.evaluate(req(f"/?a={value}")).matches] == [1]
+    assert waf.evaluate(req("/?a=x%3D%28")).matches == []
 
 
 def test_pm_joins_the_prefilter() -> None:

@@ -1,0 +1,83 @@
+"""Bounded caches of pure functions of a value, shared by the transactions of a rule set.
+
+Transformations, prefilter scans and most operators depend on nothing but the value (and the
+rule), and real traffic repeats values a lot (headers, argument names, common arguments): their
+results are kept across requests. A budget bounds what all the caches of a rule set hold
+together, in characters and entries; past it they are all emptied and start over, so a flood of
+distinct values costs what it would without caching, and memory stays bounded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from portcullis.features.waf.request import Head, HttpRequest
+
+D = TypeVar("D", bound=dict[Any, Any])
+
+
+class Budget:
+    def __init__(self, chars: int = 8 << 20, entries: int = 250_000) -> None:
+        self.max_chars = chars
+        self.max_entries = entries
+        self.chars = 0
+        self.entries = 0
+        self.tables: list[dict[Any, Any]] = []
+        self.resets = 0
+
+    def table(self, table: D) -> D:
+        """Put a cache under this budget."""
+        self.tables.append(table)
+        return table
+
+    def charge(self, chars: int) -> None:
+        """One more entry, keyed by a value of `chars` characters."""
+        self.chars += chars
+        self.entries += 1
+        if self.chars > self.max_chars or self.entries > self.max_entries:
+            for table in self.tables:
+                table.clear()
+            self.chars = self.entries = 0
+            self.resets += 1
+
+
+class Numbers:
+    """A number for each distinct list of (key, value) pairs, a collection's items: a rule that
+    found nothing in the same collections before finds nothing again (`Rule.memo`). Numbers are
+    never reused, so a number a memo remembers from before a reset cannot stand for new data."""
+
+    def __init__(self, budget: Budget) -> None:
+        self.budget = budget
+        self.numbers: dict[tuple[tuple[str, str], ...], int] = budget.table({})
+        self.last = 0
+
+    def number(self, pairs: list[tuple[str, str]]) -> int:
+        key = tuple(pairs)
+        found = self.numbers.get(key)
+        if found is None:
+            self.last += 1
+            found = self.numbers[key] = self.last
+            self.budget.charge(sum(len(n) + len(v) for n, v in pairs) + 1)
+        return found
+
+
+class Shared:
+    """What the transactions of a rule set share: the budget, the numbers, the parsed heads."""
+
+    def __init__(self, budget: Budget | None = None) -> None:
+        self.budget = budget or Budget()
+        self.numbers = Numbers(self.budget)
+        self.heads: dict[tuple[tuple[str, str], ...], tuple[int, Head]] = self.budget.table({})
+
+    def head(self, request: HttpRequest) -> tuple[int, Head]:
+        """A request head's number and what it makes (parsed once per distinct head)."""
+        from portcullis.features.waf.request import head_key, parse_head
+
+        key = head_key(request)
+        found = self.heads.get(key)
+        if found is None:
+            self.numbers.last += 1
+            found = self.heads[key] = (self.numbers.last, parse_head(request))
+            self.budget.charge(sum(len(n) + len(v) for n, v in key) * 4)
+        return found

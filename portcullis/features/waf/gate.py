@@ -1,0 +1,182 @@
+"""Per request: transformed values, their scans, and the phase-wide gate.
+
+The gate of a phase scans every item of the collections its gated rules read, through each
+pipeline those rules use, once; a gated rule whose pattern no value hit is skipped without
+being looked at further. Most pipelines leave a clean value as it is (no `%`, no `&`, no upper
+case ...): those are recognised by cheap tests (`transforms.MAY_CHANGE`) and share the scan of
+the value itself, so a clean item costs one scan, whatever the number of pipelines.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from portcullis.features.waf.request import source
+from portcullis.features.waf.transforms import ALWAYS, may_change
+
+if TYPE_CHECKING:
+    from portcullis.features.waf.ruleset import RuleSet
+    from portcullis.features.waf.transaction import Transaction
+
+EMPTY: frozenset[int] = frozenset()
+_MAX_PLANS = 1024
+
+
+def _on_match(pattern_id: int, start: int, end: int, flags: int, context: set[int]) -> bool | None:
+    context.add(pattern_id)
+    return None
+
+
+def scan(db: Any, value: str) -> frozenset[int]:
+    """The pattern ids of a database that may match a value."""
+    found: set[int] = set()
+    db.scan(value.encode("latin-1", "replace"), match_event_handler=_on_match, context=found)
+    return frozenset(found) if found else EMPTY
+
+
+def hits(ruleset: RuleSet, db: int, value: str) -> frozenset[int]:
+    """`scan`, cached (a value is scanned once per database, across requests too)."""
+    cache = ruleset.scan_cache[db]
+    found = cache.get(value)
+    if found is None:
+        found = cache[value] = scan(ruleset.prefilters[db], value)
+        ruleset.budget.charge(len(value))
+    return found
+
+
+def through(ruleset: RuleSet, pipeline: int, value: str) -> str:
+    """The value through a pipeline, cached; shared prefixes are computed once."""
+    funcs = ruleset.pipelines[pipeline]
+    if not funcs:
+        return value
+    cache = ruleset.transform_cache[pipeline]
+    out = cache.get(value)
+    if out is None:
+        parent = ruleset.parents[pipeline]
+        before = value if parent < 0 else through(ruleset, parent, value)
+        out = cache[value] = funcs[-1](before)
+        ruleset.budget.charge(len(value) + len(out))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Reader:
+    """Gated rules read a collection through a pipeline, looking for these patterns."""
+
+    pipeline: int
+    patterns: frozenset[int]
+    transforms: tuple[Callable[[str], str], ...]
+
+
+class CollectionGate:
+    """How the gated rules of a phase read one collection: `every` item, or items by key."""
+
+    def __init__(
+        self, collection: str, db: int, every: tuple[Reader, ...], keyed: dict[str, tuple[Reader, ...]]
+    ) -> None:
+        self.collection = collection
+        self.source = source(collection)
+        self.db = db
+        self.keyed = keyed
+        # readers through a transformation that changes every value (base64Decode ...) always
+        # transform it; for the others, one quick test first: most values pass through every
+        # pipeline unchanged ...
+        self.always = tuple(r for r in every if may_change(r.transforms) is ALWAYS)
+        self.every = every = tuple(r for r in every if r not in self.always)
+        funcs = tuple(dict.fromkeys(fn for r in every for fn in r.transforms))
+        self.screen = may_change(funcs)
+        self.same_all = frozenset().union(*(r.patterns for r in every))
+        # ... and for the others, which transformations may change them
+        self.checks = tuple(may_change((fn,)) for fn in funcs)
+        bits = {fn: 1 << i for i, fn in enumerate(funcs)}
+        self.masks = tuple(sum(bits[fn] for fn in set(r.transforms)) for r in every)
+        # per set of tests a value fails: the patterns of readers that see the value unchanged,
+        # and the readers that must transform it
+        self.plans: dict[int, tuple[frozenset[int], tuple[Reader, ...]]] = {}
+        self.cache: dict[str, frozenset[int]] = {}  # value -> what `every` reader found in it
+        self.memo: dict[int, frozenset[int]] = {}  # collection number -> what all readers found
+
+    def plan(self, changed: int) -> tuple[frozenset[int], tuple[Reader, ...]]:
+        found = self.plans.get(changed)
+        if found is None:
+            same: set[int] = set()
+            work: list[Reader] = []
+            for reader, mask in zip(self.every, self.masks, strict=True):
+                if mask & changed:
+                    work.append(reader)
+                else:
+                    same |= reader.patterns
+            found = (frozenset(same), tuple(work))
+            if len(self.plans) < _MAX_PLANS:
+                self.plans[changed] = found
+        return found
+
+    def collect(self, txn: Transaction, ruleset: RuleSet) -> frozenset[int]:
+        """The pattern ids the collection's items hit, through the readers' pipelines."""
+        number = txn.number(self.source)
+        got = self.memo.get(number)
+        if got is None:
+            found: set[int] = set()
+            self._collect(txn.items(self.collection), ruleset, found)
+            got = self.memo[number] = frozenset(found)
+            ruleset.budget.charge(1)
+        return got
+
+    def _collect(self, items: list[tuple[str, str]], ruleset: RuleSet, found: set[int]) -> None:
+        cache = self.cache
+        keyed = self.keyed
+        for key, value in items:
+            got = cache.get(value)
+            if got is None:
+                got = cache[value] = self._item(ruleset, value)
+                ruleset.budget.charge(len(value))
+            if got:
+                found |= got
+            if keyed:
+                for reader in keyed.get(key.lower(), ()):
+                    out = through(ruleset, reader.pipeline, value)
+                    got = hits(ruleset, self.db, out)
+                    if got:
+                        found |= got & reader.patterns
+
+    def _item(self, ruleset: RuleSet, value: str) -> frozenset[int]:
+        """What the readers of every item find in one value."""
+        db = self.db
+        seen = hits(ruleset, db, value)
+        found = EMPTY
+        for reader in self.always:
+            got = hits(ruleset, db, through(ruleset, reader.pipeline, value))
+            if got:
+                found |= got & reader.patterns
+        if not self.screen(value):
+            return found | (seen & self.same_all) if seen else found
+        changed = 0
+        bit = 1
+        for test in self.checks:
+            if test(value):
+                changed |= bit
+            bit <<= 1
+        same, work = self.plan(changed)
+        if seen:
+            found |= seen & same
+        for reader in work:
+            out = through(ruleset, reader.pipeline, value)
+            got = seen if out == value else hits(ruleset, db, out)
+            if got:
+                found |= got & reader.patterns
+        return found
+
+
+def phase_hits(txn: Transaction, ruleset: RuleSet, phase: int) -> set[int]:
+    """The pattern ids that some value read by a gated rule of the phase hit (per request)."""
+    found = txn.gate_hits.get(phase)
+    if found is None:
+        found = set()
+        for gate in ruleset.gates.get(phase, ()):
+            got = gate.collect(txn, ruleset)
+            if got:
+                found |= got
+        txn.gate_hits[phase] = found
+    return found

@@ -1,0 +1,149 @@
+"""The request as the WAF sees it: `HttpRequest`, and the collections its head makes.
+
+The head (method, target, protocol, headers) is parsed into collections once per distinct head
+(`Shared.head`): requests repeat heads a lot, and the parsed lists are only ever read. Collections
+the head alone makes, and those the body processor makes from head and body, are numbered as a
+whole (`HEAD_MADE`, `BODY_MADE`: see `Transaction.number`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from portcullis.features.waf import bodies
+
+Pairs = list[tuple[str, str]]
+
+
+@dataclass(slots=True)
+class HttpRequest:
+    """What the WAF sees of a request; text is latin-1 (one code point per byte)."""
+
+    method: str
+    uri: str  # the raw request target, as sent
+    protocol: str = "HTTP/1.1"
+    headers: Pairs = field(default_factory=list)
+    body: bytes = b""
+    remote_addr: str = "127.0.0.1"
+    remote_port: int = 0
+    server_name: str = "localhost"
+    server_port: int = 80
+
+
+# collections made from the request line and headers alone, never changed afterwards
+HEAD_MADE = frozenset(
+    {"REQUEST_METHOD", "REQUEST_URI", "REQUEST_URI_RAW", "REQUEST_FILENAME", "REQUEST_BASENAME", "REQUEST_LINE",
+     "REQUEST_PROTOCOL", "QUERY_STRING", "REQUEST_HEADERS", "REQUEST_HEADERS_NAMES", "REQUEST_COOKIES",
+     "REQUEST_COOKIES_NAMES", "ARGS_GET", "ARGS_GET_NAMES"}
+)
+
+# what the body processor makes (from the head and the body); before it ran, the head alone
+BODY_MADE = frozenset(
+    {"ARGS", "ARGS_NAMES", "ARGS_POST", "ARGS_POST_NAMES", "ARGS_COMBINED_SIZE", "REQUEST_BODY",
+     "REQUEST_BODY_LENGTH", "FULL_REQUEST_LENGTH", "REQBODY_PROCESSOR", "REQBODY_ERROR", "REQBODY_PROCESSOR_ERROR",
+     "REQBODY_ERROR_MSG", "REQBODY_PROCESSOR_ERROR_MSG", "FILES", "FILES_NAMES", "FILES_SIZES", "FILES_COMBINED_SIZE",
+     "FILES_TMPNAMES", "FILES_TMP_CONTENT", "MULTIPART_PART_HEADERS", "XML", "MULTIPART_STRICT_ERROR",
+     "MULTIPART_UNMATCHED_BOUNDARY", "MULTIPART_DATA_BEFORE", "MULTIPART_DATA_AFTER", "MULTIPART_LF_LINE",
+     "MULTIPART_MISSING_END", "MULTIPART_INVALID_QUOTING"}
+)
+
+
+def source(collection: str) -> str:
+    """What a collection's content is numbered by: "" the head, "body" head and body, or itself."""
+    if collection in HEAD_MADE:
+        return ""
+    if collection in BODY_MADE:
+        return "body"
+    return collection
+
+
+def head_key(req: HttpRequest) -> tuple[tuple[str, str], ...]:
+    return (("", req.method), ("", req.uri), ("", req.protocol), *req.headers)
+
+
+@dataclass(slots=True)
+class Head:
+    """What a request head makes: collections, scalars (less the connection's), the body processor."""
+
+    collections: dict[str, Pairs]
+    scalars: dict[str, str]
+    processor: str | None
+
+
+def header(headers: Pairs, name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def parse_head(req: HttpRequest) -> Head:
+    uri = req.uri
+    path = uri
+    if "://" in uri[:10]:  # absolute form
+        rest = uri.split("://", 1)[1]
+        slash = rest.find("/")
+        path = rest[slash:] if slash >= 0 else "/"
+    filename, _, query = path.partition("?")
+    filename = filename.partition("#")[0]
+    basename = filename.rsplit("/", 1)[-1]
+    headers = list(req.headers)
+    cookies: Pairs = []
+    for name, value in headers:
+        if name.lower() == "cookie":
+            for piece in value.split(";"):
+                piece = piece.strip()
+                if not piece:
+                    continue
+                cname, _, cvalue = piece.partition("=")
+                cookies.append((cname.strip(), cvalue.strip()))
+    args_get = bodies.parse_urlencoded(query)
+    collections: dict[str, Pairs] = {
+        "ARGS_GET": args_get,
+        "ARGS_POST": [],
+        "ARGS": list(args_get),
+        "REQUEST_HEADERS": headers,
+        "REQUEST_COOKIES": cookies,
+        "FILES": [],
+        "FILES_SIZES": [],
+        "FILES_TMPNAMES": [],
+        "FILES_TMP_CONTENT": [],
+        "MULTIPART_PART_HEADERS": [],
+        "XML": [],
+        "ENV": [],
+        "GEO": [],
+        "RESPONSE_HEADERS": [],
+    }
+    line = f"{req.method} {uri} {req.protocol}" if req.protocol else f"{req.method} {uri}"
+    scalars = {
+        "REQUEST_METHOD": req.method,
+        "REQUEST_URI": path,
+        "REQUEST_URI_RAW": uri,
+        "REQUEST_FILENAME": filename,
+        "REQUEST_BASENAME": basename,
+        "REQUEST_LINE": line,
+        "REQUEST_PROTOCOL": req.protocol,
+        "QUERY_STRING": query,
+        "SERVER_ADDR": "127.0.0.1",
+        "REQBODY_ERROR": "0",
+        "REQBODY_PROCESSOR_ERROR": "0",
+        "INBOUND_DATA_ERROR": "0",
+        "OUTBOUND_DATA_ERROR": "0",
+        "URLENCODED_ERROR": "0",
+        "AUTH_TYPE": "",
+        "REMOTE_USER": "",
+        "REQUEST_BODY_LENGTH": "0",
+        "FULL_REQUEST_LENGTH": str(len(line) + sum(len(n) + len(v) + 4 for n, v in headers)),
+        "ARGS_COMBINED_SIZE": str(sum(len(k) + len(v) for k, v in args_get)),
+    }
+    low = (header(headers, "content-type") or "").lower()
+    processor: str | None = None
+    if low.startswith("application/x-www-form-urlencoded"):
+        processor = "URLENCODED"
+    elif low.startswith("multipart/form-data"):
+        processor = "MULTIPART"
+    elif low.startswith("application/json") or "+json" in low:
+        processor = "JSON"
+    elif low.startswith(("text/xml", "application/xml")) or "+xml" in low:
+        processor = "XML"
+    return Head(collections, scalars, processor)
