@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Final
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Final, TypeVar
 
 from portcullis.engine.context import RequestContext
 from portcullis.engine.messages import Headers
@@ -107,6 +108,31 @@ def _forwarding_fields(
 # they repeat on every request of a connection
 _FORWARDING: dict[tuple[str, bytes, str], bytes] = {}
 _FORWARDING_MAX = 4096
+_Built = TypeVar("_Built")
+
+
+def _forwarding(
+    cache: dict[tuple[str, bytes, str], _Built],
+    build: Callable[[str, bytes, bytes, bytes | None, bytes | None, bytes | None, bytes | None], _Built],
+    ctx: RequestContext,
+    host: bytes,
+    xff: bytes | None,
+    xfp: bytes | None,
+    xfh: bytes | None,
+    fwd: bytes | None,
+) -> _Built:
+    """`build`'s forwarding fields for this request, from `cache` when no trusted proxy sent any."""
+    proto = b"https" if ctx.scheme == "https" else b"http"
+    if xff is not None or xfp is not None or xfh is not None or fwd is not None:
+        return build(ctx.client_ip, host, proto, xff, xfp, xfh, fwd)
+    key = (ctx.client_ip, host, ctx.scheme)
+    built = cache.get(key)
+    if built is None:
+        built = build(ctx.client_ip, host, proto, None, None, None, None)
+        if len(cache) >= _FORWARDING_MAX:
+            cache.clear()
+        cache[key] = built
+    return built
 _METHODS: dict[str, bytes] = {}
 
 
@@ -155,17 +181,7 @@ def upstream_request_head(
                 xfh = value
             elif code == _FWD:
                 fwd = value if fwd is None else fwd + b", " + value
-    proto = b"https" if ctx.scheme == "https" else b"http"
-    if xff is None and xfp is None and xfh is None and fwd is None:
-        key = (ctx.client_ip, host, ctx.scheme)
-        fields = _FORWARDING.get(key)
-        if fields is None:
-            fields = _forwarding_fields(ctx.client_ip, host, proto, None, None, None, None)
-            if len(_FORWARDING) >= _FORWARDING_MAX:
-                _FORWARDING.clear()
-            _FORWARDING[key] = fields
-    else:
-        fields = _forwarding_fields(ctx.client_ip, host, proto, xff, xfp, xfh, fwd)
+    fields = _forwarding(_FORWARDING, _forwarding_fields, ctx, host, xff, xfp, xfh, fwd)
     lines += (fields, request_id_header, b": ", ctx.request_id.encode(), b"\r\n")
     if upgrade is not None:
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
@@ -211,17 +227,7 @@ def upstream_request_fields(
             elif code == _FWD:
                 fwd = value if fwd is None else fwd + b", " + value
     host = ctx.host_header or ctx.host.encode()
-    proto = b"https" if ctx.scheme == "https" else b"http"
-    if xff is None and xfp is None and xfh is None and fwd is None:
-        key = (ctx.client_ip, host, ctx.scheme)
-        values = _H2_FORWARDING.get(key)
-        if values is None:
-            values = _forwarding_values(ctx.client_ip, host, proto, None, None, None, None)
-            if len(_H2_FORWARDING) >= _FORWARDING_MAX:
-                _H2_FORWARDING.clear()
-            _H2_FORWARDING[key] = values
-    else:
-        values = _forwarding_values(ctx.client_ip, host, proto, xff, xfp, xfh, fwd)
+    values = _forwarding(_H2_FORWARDING, _forwarding_values, ctx, host, xff, xfp, xfh, fwd)
     out: Headers = [
         (b":method", ctx.method.encode("latin-1")), (b":scheme", scheme),
         (b":authority", authority or host), (b":path", ctx.upstream_path),
