@@ -226,20 +226,7 @@ class H1RequestReader:
             raise _Stop()
         self.in_head = True
         self._line_done = False
-        # what _reset does, without the call: this runs once per request
-        self._url = b""
-        self._headers = []
-        self._header_bytes = 0
-        self._host = None
-        self._host_count = 0
-        self._content_length = None
-        self._chunked = False
-        self._expect = False
-        self._upgrade = None
-        self._connection = None
-        self._request_id = None
-        self._trailers = None
-        self._in_trailers = False
+        self._reset()
 
     def on_url(self, url: bytes) -> None:
         self._url += url

@@ -165,10 +165,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._keep_alive = head.keep_alive
         runtime = self._runtime
         listener = self._listener
-        host = head.host
         ctx = RequestContext(
-            head.method, head.target, head.headers, head.version,
-            self._host_str if host == self._host_bytes and host else self._host_name(host),
+            head.method, head.target, head.headers, head.version, self._host_name(head.host),
             self.client_ip, self.client_port, listener.scheme, listener.name, runtime.clock(),
             head.host, head.connection, head.request_id,
         )  # fmt: skip
