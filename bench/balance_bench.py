@@ -12,7 +12,11 @@ nginx, pinned to the same CPU, forwards to the same backends twice (one peer, an
 the three): spreading the load over several backend processes costs any proxy something (more
 processes to wake on every write), and nginx's own cost shows how much of it is not ours.
 
-Three backend nginx processes (the templates of bench/run.py) and wrk share the load CPU. The
+The three peers are three ports of one backend nginx process (the template of bench/run.py), so
+that the backend side is the same in every case and the difference is the proxy's balancing
+work. With `--separate-backends` each peer is its own nginx process instead: then every proxy
+also pays for waking more processes (the nginx rows show how much), which is the kernel's cost
+of spreading the load, not the balancer's. The backends and wrk share the load CPU. The
 cases run in interleaved rounds (the order rotates each round) with `wrk -c32` on 100-byte
 responses over keep-alive, and the report gives the median requests/s, the proxy's CPU use,
 requests per proxy CPU-second, and both as a cost against `single`.
@@ -25,6 +29,7 @@ is a measurement, not a test: it exits 0 when it ran, whatever the figures.
 
     python3 bench/balance_bench.py                  # 3 rounds of 5 s per case (about 2 minutes)
     python3 bench/balance_bench.py --quick          # 1 round of 3 s, for a rough look
+    python3 bench/balance_bench.py --separate-backends   # one backend process per peer
     python3 bench/balance_bench.py --rounds 5 --duration 10 --json out.json
 """
 
@@ -119,6 +124,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--proxy-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--no-pin", action="store_true")
+    parser.add_argument("--separate-backends", action="store_true",
+                        help="one backend nginx process per peer instead of one process with a port per peer")
     parser.add_argument("--start-timeout", type=float, default=20.0)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args(argv)
@@ -141,9 +148,15 @@ class BalanceBench:
         self.proxy: Managed | None = None
         self.reference: Managed | None = None
 
-    def _backend(self, index: int) -> int:
+    def _backend(self, index: int, listens: int = 1) -> list[int]:
+        """Start one backend nginx listening on `listens` ports; returns the ports."""
         name = f"peer{index}"
-        port = free_port()
+        ports = [free_port()]
+        while len(ports) < listens:
+            port = free_port()
+            if port not in ports:
+                ports.append(port)
+        port = ports[0]
         docroot = self.tmpdir / "www"
         docroot.mkdir(exist_ok=True)
         text = templating.render_file("backend.conf", {
@@ -152,18 +165,26 @@ class BalanceBench:
         })  # fmt: skip
         # three of them side by side: each its own pid file and error log
         text = text.replace("/backend.pid", f"/{name}.pid").replace("/backend-error.log", f"/{name}-error.log")
+        listen = f"        listen {HOST}:{port} backlog=4096;\n"
+        assert listen in text
+        text = text.replace(listen, "".join(f"        listen {HOST}:{p} backlog=4096;\n" for p in ports))
         conf = self.tmpdir / f"{name}.conf"
         conf.write_text(text)
         server = Managed(name, templating.nginx_argv(self.nginx, self.tmpdir, conf), self.tmpdir / f"{name}.out",
                          cpu=self.load_cpu)  # fmt: skip
         self.servers.append(server)
         server.start()
-        server.wait_ready(port, self.args.start_timeout, templating.SMALL_BODY_SIZE)
-        return port
+        for p in ports:
+            server.wait_ready(p, self.args.start_timeout, templating.SMALL_BODY_SIZE)
+        return ports
 
     def start(self) -> list[Case]:
-        backend_ports = [self._backend(i) for i in range(PEERS)]
-        log(f"{PEERS} backend nginx on ports {backend_ports} (CPU {self.load_cpu})")
+        if self.args.separate_backends:
+            backend_ports = [self._backend(i)[0] for i in range(PEERS)]
+            log(f"{PEERS} backend nginx processes on ports {backend_ports} (CPU {self.load_cpu})")
+        else:
+            backend_ports = self._backend(0, listens=PEERS)
+            log(f"one backend nginx process on ports {backend_ports} (CPU {self.load_cpu})")
         ports: set[int] = set(backend_ports)
         cases = []
         for name in (BASELINE, *ALGORITHMS):
@@ -392,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         doc["settings"] = {
             "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
             "proxy_cpu": bench.proxy_cpu, "load_cpu": bench.load_cpu, "cpu_busy_before": busy,
+            "separate_backends": args.separate_backends,
         }  # fmt: skip
         if args.json is not None:
             args.json.write_text(json.dumps(doc, indent=2) + "\n")

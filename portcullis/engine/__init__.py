@@ -1,0 +1,1 @@
+"""The request cycle: phases, the typed filter chain, the exchange between the two sides."""
