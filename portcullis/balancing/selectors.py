@@ -55,6 +55,8 @@ class RoundRobin(Selector):
     def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
         super().__init__(peers, rng)
         self.current = [0.0] * len(self.peers)
+        self._equal: bool | None = None  # whether the fixed weights are all the same
+        self._turn = 0
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         best = -1
@@ -62,6 +64,14 @@ class RoundRobin(Selector):
         current = self.current
         fixed = self.fixed_weights if eligible is _everyone else None
         if fixed is not None:
+            equal = self._equal
+            if equal is None:
+                equal = self._equal = len(set(fixed)) == 1
+            if equal:
+                # equal weights: the smooth weighted order is the peers in turn
+                turn = self._turn
+                self._turn = turn + 1 if turn + 1 < len(fixed) else 0
+                return self.peers[turn]
             for index, weight in enumerate(fixed):
                 current[index] += weight
                 total += weight

@@ -181,7 +181,8 @@ class UpstreamSide:
             peer, group = self._peer, self._group
             assert peer is not None and group is not None
             peer.active -= 1
-            if not group.trivial and ok is not None:
+            # only a latency average, a breaker or ejection learns from an outcome
+            if ok is not None and (group.tracks_latency or not group.simple) and not group.trivial:
                 group.record(peer, ok, self.ctx.upstream_time if ok else None)
 
     async def _connect(self) -> None:
