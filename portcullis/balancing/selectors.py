@@ -151,7 +151,12 @@ class P2CEwma(Selector):
         if j >= i:
             j += 1
         a, b = pool[i], pool[j]
-        return a if _cost(a) <= _cost(b) else b
+        fixed = self.fixed_weights if eligible is _everyone else None
+        if fixed is None:
+            return a if _cost(a) <= _cost(b) else b
+        # the cost of _cost, without reading each weight again
+        cost_a = (a.ewma + 1e-4) * (a.active + 1) / fixed[i]
+        return a if cost_a <= (b.ewma + 1e-4) * (b.active + 1) / fixed[j] else b
 
 
 def _cost(peer: Candidate) -> float:
