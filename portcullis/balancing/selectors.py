@@ -95,11 +95,27 @@ class RoundRobin(Selector):
 class LeastConn(Selector):
     """Fewest requests in flight relative to weight; ties broken at random."""
 
+    _equal: bool | None = None  # whether the fixed weights are all the same
+
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
-        best: list[Candidate] = []
-        best_load = 0.0
         fixed = self.fixed_weights
         everyone = eligible is _everyone
+        if everyone and fixed is not None and self.peers:
+            equal = self._equal
+            if equal is None:
+                equal = self._equal = len(set(fixed)) == 1
+            if equal:
+                # equal weights: the fewest in flight, found by list operations rather than a loop
+                loads = [p.active for p in self.peers]
+                least = min(loads)
+                ties = loads.count(least)
+                at = loads.index(least)
+                if ties > 1:  # the k-th of the tied peers, k at random
+                    for _ in range(int(self.rng.random() * ties)):
+                        at = loads.index(least, at + 1)
+                return self.peers[at]
+        best: list[Candidate] = []
+        best_load = 0.0
         for index, peer in enumerate(self.peers):
             if not everyone and not eligible(peer):
                 continue
