@@ -133,6 +133,21 @@ def test_least_conn_breaks_ties_at_random() -> None:
     assert picks(again, 50) == picks(LeastConn(ps, random.Random(7)), 50)
 
 
+def test_least_conn_with_fixed_equal_weights_picks_the_least_and_breaks_ties_at_random() -> None:
+    """The path an upstream without slow start takes: weights read once, all the same."""
+    ps = peers(1, 1, 1, 1)
+    lc = LeastConn(ps, random.Random(5))
+    lc.fixed_weights = [1.0] * 4
+    for p, n in zip(ps, (3, 1, 1, 1), strict=True):
+        p.active = n
+    counts = Counter(id(p) for p in picks(lc, 9000))
+    assert counts[id(ps[0])] == 0
+    for p in ps[1:]:
+        assert 0.28 < counts[id(p)] / 9000 < 0.39, counts
+    ps[2].active = 0
+    assert all(p is ps[2] for p in picks(lc, 20))
+
+
 def test_least_conn_follows_the_load_as_requests_start() -> None:
     """Picking and then counting the request in flight spreads N*k requests k per peer."""
     ps = peers(1, 1, 1, 1)
