@@ -151,7 +151,7 @@ class UpstreamSide:
         if peer.breaker is not None:
             peer.breaker.started()
         self._peer_open = True
-        conn = peer.pool.acquire()
+        conn = peer.pool.acquire(self.ctx.method not in _IDEMPOTENT)
         if conn is not None:
             self._conn_reused = True
             self._attach(conn)

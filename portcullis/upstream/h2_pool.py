@@ -34,7 +34,7 @@ class H2Pool:
     def busy(self) -> int:
         return sum(conn.active for conn in self.conns)
 
-    def acquire(self) -> H2UpstreamStream | None:
+    def acquire(self, recent: bool = False) -> H2UpstreamStream | None:
         for conn in self.conns:
             if conn.has_room():
                 return conn.new_stream()

@@ -65,8 +65,10 @@ class LinkPool(Protocol):
     def busy(self) -> int:
         """Requests in progress on this pool's connections."""
 
-    def acquire(self) -> UpstreamLink | None:
-        """A link ready at once (an idle connection, a free stream), or None: `connect`."""
+    def acquire(self, recent: bool = False) -> UpstreamLink | None:
+        """A link ready at once (an idle connection, a free stream), or None: `connect`. `recent`
+        asks for the connection least likely to have been closed by the peer meanwhile, for a
+        request that could not be sent again."""
 
     async def connect(self, peer: Peer, watchdog: Watchdog) -> UpstreamLink:
         """A link on a new connection (raises OSError; the caller bounds the time)."""

@@ -26,7 +26,7 @@ class Pool:
     10-20 % more requests/s through the proxy, measured with bench/balance_bench.py). Most
     recent first would let the connections a burst opened expire on their own; the low-water mark
     below does that instead: the fewest idle connections seen during an interval is how many the
-    load did not need.
+    load did not need. A request that cannot be retried still gets the most recently used one.
     """
 
     __slots__ = ("_low_water", "_trim_at", "busy", "idle", "idle_timeout", "max_idle")
@@ -39,11 +39,13 @@ class Pool:
         self._low_water = 0
         self._trim_at = 0.0
 
-    def acquire(self) -> UpstreamConnection | None:
-        """The idle connection that has rested longest and is still open."""
+    def acquire(self, recent: bool = False) -> UpstreamConnection | None:
+        """The idle connection that has rested longest and is still open; with `recent` (a request
+        that cannot be sent again) the one used last, which the peer is least likely to be closing
+        for having been idle too long."""
         idle = self.idle
         while idle:
-            conn = idle.popleft()
+            conn = idle.pop() if recent else idle.popleft()
             transport = conn.transport
             if not conn.closed and transport is not None and not transport.is_closing():
                 if len(idle) < self._low_water:

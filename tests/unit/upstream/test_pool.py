@@ -54,6 +54,15 @@ def test_the_connection_that_rested_longest_is_reused_first() -> None:
     assert acquire(pool) is None
 
 
+def test_a_request_that_cannot_be_sent_again_gets_the_connection_used_last() -> None:
+    pool = Pool()
+    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    for conn in (a, b, c):
+        release(pool, conn, 1.0)
+    assert pool.acquire(recent=True) is c
+    assert acquire(pool) is a
+
+
 def test_a_closed_idle_connection_is_skipped_and_dropped() -> None:
     pool = Pool()
     a, b = Conn("a"), Conn("b")
