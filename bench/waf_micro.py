@@ -12,8 +12,9 @@ Prints microseconds of CPU (time.process_time) per request, the best of `--repea
 other load on the machine hardly moves it. `--profile` adds cProfile's top functions.
 
 The rule set keeps results for values it has seen (bounded caches, see `features/waf/cache.py`),
-and these requests repeat, like `waf_bench.py`'s. `--distinct` makes every argument value of
-every request new (a number in each), which is the cost of values never seen before.
+and these requests repeat, like `waf_bench.py`'s `get` and `post`. `--distinct` makes every
+argument value of every request new (a number in each, as `waf_bench.py`'s `get-distinct` and
+`post-distinct`), which is the cost of values never seen before: the figure that counts.
 
     python3 bench/waf_micro.py
     python3 bench/waf_micro.py --distinct

@@ -32,9 +32,15 @@ class Budget:
         return table
 
     def charge(self, chars: int) -> None:
-        """One more entry, keyed by a value of `chars` characters."""
+        """One more entry, keyed by a value of `chars` characters. The hot paths add to `chars`
+        and `entries` themselves (a call per entry costs more than the entry), and `check` runs
+        when a transaction starts: the caches may pass their bounds by what one request adds."""
         self.chars += chars
         self.entries += 1
+        self.check()
+
+    def check(self) -> None:
+        """Past the bounds: every cache starts over."""
         if self.chars > self.max_chars or self.entries > self.max_entries:
             for table in self.tables:
                 table.clear()
@@ -58,7 +64,9 @@ class Numbers:
         if found is None:
             self.last += 1
             found = self.numbers[key] = self.last
-            self.budget.charge(sum(len(n) + len(v) for n, v in pairs) + 1)
+            budget = self.budget
+            budget.chars += sum([len(n) + len(v) for n, v in pairs]) + 1
+            budget.entries += 1
         return found
 
 
@@ -68,16 +76,27 @@ class Shared:
     def __init__(self, budget: Budget | None = None) -> None:
         self.budget = budget or Budget()
         self.numbers = Numbers(self.budget)
-        self.heads: dict[tuple[tuple[str, str], ...], tuple[int, Head]] = self.budget.table({})
+        self.heads: dict[tuple[tuple[str, str], ...], tuple[int, int, Head]] = self.budget.table({})
+        self.seen: dict[int, bool] = self.budget.table({})  # hashes of heads met once
 
-    def head(self, request: HttpRequest) -> tuple[int, Head]:
-        """A request head's number and what it makes (parsed once per distinct head)."""
+    def head(self, request: HttpRequest) -> tuple[int, int, Head]:
+        """A request head's number, its headers' number and what it makes (parsed once per
+        distinct head). A head is kept from its second time on: most request lines that carry
+        argument values come once, and keeping what they make would only feed the collector."""
         from portcullis.features.waf.request import head_key, parse_head
 
+        self.budget.check()
         key = head_key(request)
         found = self.heads.get(key)
         if found is None:
+            head = parse_head(request)
             self.numbers.last += 1
-            found = self.heads[key] = (self.numbers.last, parse_head(request))
-            self.budget.charge(sum(len(n) + len(v) for n, v in key) * 4)
+            found = (self.numbers.last, self.numbers.number(head.collections["REQUEST_HEADERS"]), head)
+            hashed = hash(key)
+            if hashed in self.seen:
+                self.heads[key] = found
+                self.budget.charge(sum(len(n) + len(v) for n, v in key) * 4)
+            else:
+                self.seen[hashed] = True
+                self.budget.charge(1)
         return found

@@ -25,6 +25,22 @@ def _multimatch_values(rule: Rule, value: str) -> list[str]:
     return values
 
 
+def _memo_fails(txn: Transaction, head: Rule) -> bool:
+    """The rule's first link found nothing before in the values it reads now (`Rule.memo`)."""
+    if txn.removed_targets or txn.removed_targets_by_tag:
+        return False
+    memo = head.memo
+    assert memo is not None
+    selectors = head.selectors
+    if len(selectors) == 1:
+        return (txn.numbers.get(selectors[0].source) or txn.number(selectors[0].source)) in memo
+    width = len(selectors)
+    for index, sel in enumerate(selectors):
+        if (txn.numbers.get(sel.source) or txn.number(sel.source)) * width + index not in memo:
+            return False
+    return bool(selectors)
+
+
 def _removed_targets(txn: Transaction, head: Rule) -> list[TargetSpec] | None:
     """Targets a `ctl:ruleRemoveTargetById/ByTag` took from this rule in this transaction."""
     extra = txn.removed_targets.get(head.id)
@@ -81,7 +97,9 @@ class Evaluator:
         if plan is None:
             return
         rules, nexts, jumps, groups = plan.rules, plan.nexts, plan.jumps, plan.groups
-        gate: set[int] | None = None
+        # a rule whose first link fails leaves nothing a later rule reads (fold.Folded.reads_matched)
+        quick = folded and not self.folded.reads_matched
+        gate = -1  # the phase's prefilter hits (a bit set), once needed
         # groups (fold.Group): `replay` runs only the rules whose first link matched when the
         # group last met the same collections; `record` notes them on a first meeting
         replay: tuple[int, ...] = ()
@@ -115,7 +133,7 @@ class Evaluator:
                 txn.removing or txn.removed_targets or txn.removed_targets_by_tag
             ):
                 memo = grp.memo
-                key = tuple([txn.number(c) for c in grp.sources])
+                key = tuple([(txn.numbers.get(c) or txn.number(c)) for c in grp.sources])
                 found = memo.get(key)
                 if found is not None:
                     replay, replay_at, replay_end = found, 0, grp.end
@@ -126,10 +144,12 @@ class Evaluator:
                 record = None  # left out here, not for every transaction
                 continue
             if entry.gate and replay_end < 0:  # a replayed rule's first link matched: no need
-                if gate is None:
+                if gate < 0:
                     gate = phase_hits(txn, self.ruleset, phase)
-                if entry.prefilter not in gate:
+                if not gate >> entry.prefilter & 1:
                     continue  # no value of any collection it reads hit its pattern
+            if quick and entry.memo is not None and _memo_fails(txn, entry):
+                continue  # its first link found nothing in these values before: it fails as it would
             matched = self.step(txn, entry)
             if record is not None:
                 # a rule that failed without leaving anything behind, on request data alone,
@@ -234,20 +254,38 @@ class Evaluator:
             self._actions(txn, link)
             return True
         memo = link.memo
-        key: tuple[int, ...] | None = None
+        # per target: the number of the source its values come from (the memo's key with the
+        # target's index), or -1 when that target need not be read again
+        keys: list[int] | None = None
         selectors = link.selectors
         # every target's values first: actions that run on a match must not change what is read
         if txn.removed_targets or txn.removed_targets_by_tag:
             extra = _removed_targets(txn, head)
             values = [sel.values_without(txn, extra) if extra else sel.values(txn) for sel in selectors]
             memo = None
-        else:
-            if memo is not None:
-                sources = link.memo_collections
-                key = (txn.number(sources[0]),) if len(sources) == 1 else tuple([txn.number(c) for c in sources])
-                if key in memo:
-                    return False  # found nothing in these very values before
+        elif memo is None:
             values = [selectors[0].values(txn)] if len(selectors) == 1 else [sel.values(txn) for sel in selectors]
+        elif len(selectors) == 1:
+            number = txn.numbers.get(selectors[0].source) or txn.number(selectors[0].source)
+            if number in memo:
+                return False  # found nothing in these very values before
+            keys = [number]
+            values = [selectors[0].values(txn)]
+        else:
+            # a target whose values held no match before holds none now: only the others are read
+            keys = []
+            values = []
+            width = len(selectors)
+            for index, sel in enumerate(selectors):
+                number = (txn.numbers.get(sel.source) or txn.number(sel.source)) * width + index
+                if number in memo:
+                    keys.append(-1)
+                    values.append([])
+                else:
+                    keys.append(number)
+                    values.append(sel.values(txn))
+            if all(k < 0 for k in keys):
+                return False
         op, negated, expand = link.operator, link.negated, txn.expand
         ruleset = self.ruleset
         pattern = link.prefilter
@@ -258,8 +296,7 @@ class Evaluator:
         cache = link.op_cache
         matched = False
         for index, pairs in enumerate(values):
-            if not pairs:
-                continue
+            found = False
             db = dbs[index] if dbs else -1
             for name, raw in pairs:
                 if multimatch:
@@ -267,7 +304,7 @@ class Evaluator:
                 else:
                     candidates = [raw if plain else through(ruleset, pipeline, raw)]
                 for value in candidates:
-                    if db >= 0 and pattern not in hits(ruleset, db, value):
+                    if db >= 0 and not hits(ruleset, db, value) >> pattern & 1:
                         continue  # the prefilter rules the pattern out for this value
                     if cache is None:
                         caps = op(value, expand)
@@ -275,25 +312,29 @@ class Evaluator:
                         caps = cache.get(value, _MISS)
                         if caps is _MISS:
                             caps = cache[value] = op(value, expand)
-                            ruleset.budget.charge(len(value))
+                            budget = ruleset.budget
+                            budget.chars += len(value)
+                            budget.entries += 1
                     if (caps is not None) == negated:
                         continue
-                    matched = True
+                    found = True
                     txn.matched_var, txn.matched_var_name = value, name
                     txn.matched_text = caps[0] if caps else value
                     txn.matched_vars.append((name, value))
                     if caps and link.capture:
                         tx = txn.tx
-                        for index, cap in enumerate(caps[:10]):
-                            tx[_DIGITS[index]] = cap
+                        for digit, cap in enumerate(caps[:10]):
+                            tx[_DIGITS[digit]] = cap
                     # as in ModSecurity, non-disruptive actions run for every matched variable,
                     # as it matches (a chained rule may read what its head's setvar wrote)
                     if link.setvar_ops or link.ctl_ops:
                         self._actions(txn, link)
                     break
-        if not matched and key is not None and memo is not None:
-            memo[key] = True
-            ruleset.budget.charge(len(key))
+            if found:
+                matched = True
+            elif keys is not None and memo is not None and keys[index] >= 0:
+                memo[keys[index]] = True
+                ruleset.budget.entries += 1
         return matched
 
     def _actions(self, txn: Transaction, link: Rule) -> None:

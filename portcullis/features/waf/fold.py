@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from portcullis.features.waf.actions import PERSISTENT, SetVar, template
 from portcullis.features.waf.cache import Budget
 from portcullis.features.waf.operators import MacroRx, OperatorError, Rx, _Str
-from portcullis.features.waf.request import HttpRequest
+from portcullis.features.waf.request import HttpRequest, coarse_source
 from portcullis.features.waf.ruleset import Rule, _id_ranges, attach_caches
 from portcullis.features.waf.transaction import Transaction
 
@@ -81,10 +81,10 @@ def group(plan: Plan, budget: Budget, reads_matched: bool) -> None:
             j = plan.nexts[j]
         if len(members) >= 2:
             # what the first links read, and for a quiet rule (which a replay may skip after its
-            # first link matched) what all its links read
+            # first link matched) what all its links read, numbered coarsely (fewer numbers to find)
             sources = tuple(
                 dict.fromkeys(
-                    c for rule in members for link in (_chain(rule) if rule.quiet else [rule])
+                    coarse_source(c) for rule in members for link in (_chain(rule) if rule.quiet else [rule])
                     for c in link.memo_collections
                 )
             )

@@ -5,11 +5,14 @@ pipeline those rules use, once; a gated rule whose pattern no value hit is skipp
 being looked at further. Most pipelines leave a clean value as it is (no `%`, no `&`, no upper
 case ...): those are recognised by cheap tests (`transforms.MAY_CHANGE`) and share the scan of
 the value itself, so a clean item costs one scan, whatever the number of pipelines.
+
+Sets of pattern ids are ints, one bit per id: kept by the thousand in caches, an int costs the
+garbage collector nothing, where a frozenset is one more object for it to walk.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -20,44 +23,72 @@ if TYPE_CHECKING:
     from portcullis.features.waf.ruleset import RuleSet
     from portcullis.features.waf.transaction import Transaction
 
-EMPTY: frozenset[int] = frozenset()
+EMPTY = 0
 _MAX_PLANS = 1024
 
 
-def _on_match(pattern_id: int, start: int, end: int, flags: int, context: set[int]) -> bool | None:
-    context.add(pattern_id)
+def _on_match(pattern_id: int, start: int, end: int, flags: int, context: list[int]) -> bool | None:
+    context[0] |= 1 << pattern_id
     return None
 
 
-def scan(db: Any, value: str) -> frozenset[int]:
-    """The pattern ids of a database that may match a value."""
-    found: set[int] = set()
+def scan(db: Any, value: str) -> int:
+    """The pattern ids of a database that may match a value (a bit set)."""
+    found = [EMPTY]
     db.scan(value.encode("latin-1", "replace"), match_event_handler=_on_match, context=found)
-    return frozenset(found) if found else EMPTY
+    return found[0]
 
 
-def hits(ruleset: RuleSet, db: int, value: str) -> frozenset[int]:
+def mask(ids: Iterable[int]) -> int:
+    """A bit set of pattern ids."""
+    out = 0
+    for i in ids:
+        out |= 1 << i
+    return out
+
+
+def ids_of(bits: int) -> list[int]:
+    """The pattern ids in a bit set."""
+    return [i for i in range(bits.bit_length()) if bits >> i & 1]
+
+
+def hits(ruleset: RuleSet, db: int, value: str) -> int:
     """`scan`, cached (a value is scanned once per database, across requests too)."""
     cache = ruleset.scan_cache[db]
     found = cache.get(value)
     if found is None:
         found = cache[value] = scan(ruleset.prefilters[db], value)
-        ruleset.budget.charge(len(value))
+        budget = ruleset.budget
+        budget.chars += len(value)
+        budget.entries += 1
     return found
 
 
 def through(ruleset: RuleSet, pipeline: int, value: str) -> str:
-    """The value through a pipeline, cached; shared prefixes are computed once."""
+    """The value through a pipeline, cached. Only the last step's output is kept: most steps
+    leave a value as it is and return at once, which costs less than caching what each made;
+    the output of the pipeline less its last step is used when it is at hand."""
     funcs = ruleset.pipelines[pipeline]
     if not funcs:
         return value
     cache = ruleset.transform_cache[pipeline]
     out = cache.get(value)
     if out is None:
-        parent = ruleset.parents[pipeline]
-        before = value if parent < 0 else through(ruleset, parent, value)
-        out = cache[value] = funcs[-1](before)
-        ruleset.budget.charge(len(value) + len(out))
+        out = ruleset.transform_cache[ruleset.parents[pipeline]].get(value)
+        if out is not None:
+            out = funcs[-1](out)
+        else:
+            out = value
+            for fn in funcs:
+                out = fn(out)
+        budget = ruleset.budget
+        if out == value:
+            out = value  # the same object: nothing more to keep
+            budget.chars += len(value)
+        else:
+            budget.chars += len(value) + len(out)
+        budget.entries += 1
+        cache[value] = out
     return out
 
 
@@ -66,7 +97,7 @@ class Reader:
     """Gated rules read a collection through a pipeline, looking for these patterns."""
 
     pipeline: int
-    patterns: frozenset[int]
+    patterns: int  # a bit set
     transforms: tuple[Callable[[str], str], ...]
 
 
@@ -87,51 +118,54 @@ class CollectionGate:
         self.every = every = tuple(r for r in every if r not in self.always)
         funcs = tuple(dict.fromkeys(fn for r in every for fn in r.transforms))
         self.screen = may_change(funcs)
-        self.same_all = frozenset().union(*(r.patterns for r in every))
+        self.same_all = 0
+        for reader in every:
+            self.same_all |= reader.patterns
         # ... and for the others, which transformations may change them
         self.checks = tuple(may_change((fn,)) for fn in funcs)
         bits = {fn: 1 << i for i, fn in enumerate(funcs)}
         self.masks = tuple(sum(bits[fn] for fn in set(r.transforms)) for r in every)
         # per set of tests a value fails: the patterns of readers that see the value unchanged,
         # and the readers that must transform it
-        self.plans: dict[int, tuple[frozenset[int], tuple[Reader, ...]]] = {}
-        self.cache: dict[str, frozenset[int]] = {}  # value -> what `every` reader found in it
-        self.memo: dict[int, frozenset[int]] = {}  # collection number -> what all readers found
+        self.plans: dict[int, tuple[int, tuple[Reader, ...]]] = {}
+        self.cache: dict[str, int] = {}  # value -> what `every` reader found in it
+        self.memo: dict[int, int] = {}  # collection number -> what all readers found
 
-    def plan(self, changed: int) -> tuple[frozenset[int], tuple[Reader, ...]]:
+    def plan(self, changed: int) -> tuple[int, tuple[Reader, ...]]:
         found = self.plans.get(changed)
         if found is None:
-            same: set[int] = set()
+            same = 0
             work: list[Reader] = []
             for reader, mask in zip(self.every, self.masks, strict=True):
                 if mask & changed:
                     work.append(reader)
                 else:
                     same |= reader.patterns
-            found = (frozenset(same), tuple(work))
+            found = (same, tuple(work))
             if len(self.plans) < _MAX_PLANS:
                 self.plans[changed] = found
         return found
 
-    def collect(self, txn: Transaction, ruleset: RuleSet) -> frozenset[int]:
+    def collect(self, txn: Transaction, ruleset: RuleSet) -> int:
         """The pattern ids the collection's items hit, through the readers' pipelines."""
-        number = txn.number(self.source)
+        number = txn.numbers.get(self.source) or txn.number(self.source)
         got = self.memo.get(number)
         if got is None:
-            found: set[int] = set()
-            self._collect(txn.items(self.collection), ruleset, found)
-            got = self.memo[number] = frozenset(found)
-            ruleset.budget.charge(1)
+            got = self.memo[number] = self._collect(txn.items(self.collection), ruleset)
+            ruleset.budget.entries += 1
         return got
 
-    def _collect(self, items: list[tuple[str, str]], ruleset: RuleSet, found: set[int]) -> None:
+    def _collect(self, items: list[tuple[str, str]], ruleset: RuleSet) -> int:
         cache = self.cache
         keyed = self.keyed
+        found = 0
         for key, value in items:
             got = cache.get(value)
             if got is None:
                 got = cache[value] = self._item(ruleset, value)
-                ruleset.budget.charge(len(value))
+                budget = ruleset.budget
+                budget.chars += len(value)
+                budget.entries += 1
             if got:
                 found |= got
             if keyed:
@@ -140,8 +174,9 @@ class CollectionGate:
                     got = hits(ruleset, self.db, out)
                     if got:
                         found |= got & reader.patterns
+        return found
 
-    def _item(self, ruleset: RuleSet, value: str) -> frozenset[int]:
+    def _item(self, ruleset: RuleSet, value: str) -> int:
         """What the readers of every item find in one value."""
         db = self.db
         seen = hits(ruleset, db, value)
@@ -169,14 +204,12 @@ class CollectionGate:
         return found
 
 
-def phase_hits(txn: Transaction, ruleset: RuleSet, phase: int) -> set[int]:
+def phase_hits(txn: Transaction, ruleset: RuleSet, phase: int) -> int:
     """The pattern ids that some value read by a gated rule of the phase hit (per request)."""
     found = txn.gate_hits.get(phase)
     if found is None:
-        found = set()
+        found = 0
         for gate in ruleset.gates.get(phase, ()):
-            got = gate.collect(txn, ruleset)
-            if got:
-                found |= got
+            found |= gate.collect(txn, ruleset)
         txn.gate_hits[phase] = found
     return found

@@ -5,9 +5,10 @@ is the regex itself in hyperscan's prefilter mode (a superset: a value it does n
 match), or, where that mode cannot be trusted with the pattern, the regex's necessary literals
 (`literals.py`), or a `@pm`'s phrases. A rule's own regex only runs on a value its pattern hit.
 
-Databases are per phase and collection (collections read by nearly the same rules share
-one), holding only the rules at or below the configured paranoia level, so each value is
-scanned against the few patterns that can apply to it. `gate.py` uses them per request.
+Databases are per collection, for every phase (collections read by nearly the same rules, or
+holding the same values, share one), holding only the rules at or below the configured paranoia
+level, so each value is scanned against the few patterns that can apply to it. `gate.py` uses
+them per request.
 Without hyperscan the rules simply run their regexes.
 """
 
@@ -17,10 +18,11 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from portcullis.features.waf.gate import CollectionGate, Reader, scan
+from portcullis.features.waf.gate import CollectionGate, Reader, ids_of, mask, scan
 from portcullis.features.waf.literals import necessary_literals
-from portcullis.features.waf.operators import MacroRx, Pm, Rx
+from portcullis.features.waf.operators import MacroRx, OperatorError, Pm, Rx, compile_regex
 from portcullis.features.waf.ruleset import Rule, RuleSet
+from portcullis.features.waf.tail import tail
 
 try:
     import hyperscan
@@ -36,6 +38,10 @@ _RISKY = re.compile(r"\.[+*{].*\\s[*?{]", re.S)
 
 # a pattern that hits one of these (`^.*$`, `.`, `(..)$`) hits nearly every value
 _PROBES = ("x", "zz")
+_FAMILY = {
+    "ARGS_GET": "ARGS", "ARGS_POST": "ARGS", "ARGS_GET_NAMES": "ARGS_NAMES", "ARGS_POST_NAMES": "ARGS_NAMES",
+    "REQUEST_URI_RAW": "REQUEST_URI",
+}  # fmt: skip
 _MERGE_SIZE = 0.6  # a collection shares a database when it reads at least this share of it ...
 _MERGE_GROWTH = 1.1  # ... and adds few patterns to it
 
@@ -62,12 +68,26 @@ def _source(link: Rule) -> _Source | None:
             return None  # it matches (nearly) anything: a scan would rule nothing out
         if pattern and pattern.isascii() and not _RISKY.search(pattern):
             return _Source(pattern, frozenset())
-        return _literal_source(pattern)
+        found = _literal_source(pattern)
+        if found is not None and not any(lit in probe for lit in found.literals for probe in _PROBES):
+            return found
+        # no useful literal: the pattern's end, which hyperscan can be trusted with
+        end = tail(pattern, _RISKY) if pattern and pattern.isascii() else None
+        return _Source(end, frozenset()) if end is not None and not _trivial(end) else found
     if isinstance(op, Pm) and op.phrases and all(p.isascii() for p in op.phrases):
         return _Source(None, frozenset(op.phrases))
     if op.literal and op.literal.isascii():  # @streq, @contains, @beginsWith ...
         return _Source(None, frozenset({op.literal.lower()}))
     return None
+
+
+def _trivial(pattern: str) -> bool:
+    """The pattern matches (nearly) anything, or `re` cannot tell."""
+    try:
+        compiled = compile_regex(pattern)
+    except OperatorError:
+        return True
+    return any(compiled.search(probe) for probe in _PROBES)
 
 
 def _literal_source(pattern: str) -> _Source | None:
@@ -127,7 +147,7 @@ def _database(ids: list[int], sources: list[_Source]) -> Any:
         db = _compile_db(ids, sources)
     trivial: set[int] = set()
     for probe in _PROBES:
-        trivial |= scan(db, probe)
+        trivial.update(ids_of(scan(db, probe)))
     if trivial:
         for i in trivial:
             sources[i] = _Source(None, frozenset())
@@ -191,17 +211,24 @@ def build_prefilters(ruleset: RuleSet, paranoia: int = 4) -> None:
         for sel in link.selectors:
             if not sel.count:
                 wanted.setdefault((phase, sel.collection), set()).add(link.prefilter)
+    # a collection's values are scanned against one database in every phase, and so are those
+    # of collections that hold the same values (ARGS_GET's are ARGS's): a value scanned in
+    # phase 1 is found in the scan cache in phase 2
+    families: dict[tuple[int, str], set[int]] = {}
+    for (_, collection), read in wanted.items():
+        families.setdefault((0, _FAMILY.get(collection, collection)), set()).update(read)
     databases: dict[frozenset[int], int] = {}
     ruleset.scan_cache = []
-    db_of: dict[tuple[int, str], int] = {}
-    for key, ids in _groups(wanted).items():
+    db_of_family: dict[tuple[int, str], int] = {}
+    for key, ids in _groups(families).items():
         if ids not in databases:
             db = _database(sorted(ids), sources)
             databases[ids] = len(ruleset.prefilters) if db is not None else -1
             if db is not None:
                 ruleset.prefilters.append(db)
                 ruleset.scan_cache.append(ruleset.budget.table({}))
-        db_of[key] = databases[ids]
+        db_of_family[key] = databases[ids]
+    db_of = {(phase, c): db_of_family[(0, _FAMILY.get(c, c))] for phase, c in wanted}
     for phase, _, link in links:
         if not (sources[link.prefilter].regex or sources[link.prefilter].literals):
             link.prefilter = -1
@@ -213,10 +240,16 @@ def build_prefilters(ruleset: RuleSet, paranoia: int = 4) -> None:
 def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int]) -> None:
     """Mark the rules a phase-wide scan may rule out: a positive prefiltered head whose targets
     are request data (no counts). The gate scans every item of the collections they read, so a
-    pattern without a hit on any of them cannot match the rule either."""
+    pattern without a hit on any of them cannot match the rule either.
+
+    A collection has one gate for every phase, and collections that hold the same values share
+    what was found in a value: the readers of all of them, in all phases, look at it at once (a
+    reader of another phase only finds more than a rule needs, never less), so a value met in
+    phase 1 costs nothing more in phase 2."""
+    # family (prefilter._FAMILY) -> key (None: every item) -> pipeline -> pattern ids
+    reads: dict[str, dict[str | None, dict[int, set[int]]]] = {}
+    used: dict[int, set[str]] = {}  # phase -> the collections its gated rules read
     for phase, entries in ruleset.phases.items():
-        # (collection) -> (key or None: every item) -> pipeline -> pattern ids
-        reads: dict[str, dict[str | None, dict[int, set[int]]]] = {}
         for entry in entries:
             if (
                 not isinstance(entry, Rule)
@@ -230,26 +263,33 @@ def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int]) -> None:
             entry.gate = True
             pipelines = _stages(ruleset, entry.pipeline) if entry.multimatch else [entry.pipeline]
             for sel in entry.selectors:
-                by_key = reads.setdefault(sel.collection, {})
+                used.setdefault(phase, set()).add(sel.collection)
+                by_key = reads.setdefault(_FAMILY.get(sel.collection, sel.collection), {})
                 key = sel.key if sel.key_re is None else None
                 for pipeline in pipelines:
                     by_key.setdefault(key, {}).setdefault(pipeline, set()).add(entry.prefilter)
+    made: dict[str, CollectionGate] = {}
+    found_in: dict[str, dict[str, int]] = {}  # family -> value -> what its readers found
+    for phase, collections in sorted(used.items()):
         gates: list[CollectionGate] = []
-        for collection, by_key in sorted(reads.items()):
-            readers: dict[str | None, tuple[Reader, ...]] = {}
-            for key, by_pipeline in by_key.items():
-                readers[key] = tuple(
-                    Reader(p, frozenset(ids), ruleset.pipelines[p])
-                    for p, ids in sorted(by_pipeline.items())
-                )
-            every = readers.pop(None, ())
-            keyed = {key: found for key, found in readers.items() if key is not None}
-            gate = CollectionGate(collection, db_of[(phase, collection)], every, keyed)
-            gate.cache = ruleset.budget.table({})
-            gate.memo = ruleset.budget.table({})
+        for collection in sorted(collections):
+            gate = made.get(collection)
+            if gate is None:
+                family = _FAMILY.get(collection, collection)
+                readers: dict[str | None, tuple[Reader, ...]] = {}
+                for key, by_pipeline in reads[family].items():
+                    readers[key] = tuple(
+                        Reader(p, mask(ids), ruleset.pipelines[p]) for p, ids in sorted(by_pipeline.items())
+                    )
+                every = readers.pop(None, ())
+                keyed = {key: found for key, found in readers.items() if key is not None}
+                gate = made[collection] = CollectionGate(collection, db_of[(phase, collection)], every, keyed)
+                if family not in found_in:
+                    found_in[family] = ruleset.budget.table({})
+                gate.cache = found_in[family]
+                gate.memo = ruleset.budget.table({})  # by the number of this collection's content
             gates.append(gate)
-        if gates:
-            ruleset.gates[phase] = tuple(gates)
+        ruleset.gates[phase] = tuple(gates)
 
 
 def _stages(ruleset: RuleSet, pipeline: int) -> list[int]:

@@ -3,7 +3,8 @@
 The head (method, target, protocol, headers) is parsed into collections once per distinct head
 (`Shared.head`): requests repeat heads a lot, and the parsed lists are only ever read. Collections
 the head alone makes, and those the body processor makes from head and body, are numbered as a
-whole (`HEAD_MADE`, `BODY_MADE`: see `Transaction.number`).
+whole (`HEAD_MADE`, `BODY_MADE`: see `Transaction.number`); the headers have their own number,
+so what rules found in them holds for requests that differ in their request line alone.
 """
 
 from __future__ import annotations
@@ -47,14 +48,24 @@ BODY_MADE = frozenset(
      "MULTIPART_MISSING_END", "MULTIPART_INVALID_QUOTING"}
 )
 
+# made from the headers alone: numbered apart from the request line, which changes more often
+HEADERS_MADE = frozenset({"REQUEST_HEADERS", "REQUEST_HEADERS_NAMES", "REQUEST_COOKIES", "REQUEST_COOKIES_NAMES"})
+
 
 def source(collection: str) -> str:
-    """What a collection's content is numbered by: "" the head, "body" head and body, or itself."""
+    """What a collection's content is numbered by: "headers" the headers, "" the rest of the
+    head, or itself (what the body processor made: argument names stay when values change)."""
+    if collection in HEADERS_MADE:
+        return "headers"
     if collection in HEAD_MADE:
         return ""
-    if collection in BODY_MADE:
-        return "body"
     return collection
+
+
+def coarse_source(collection: str) -> str:
+    """As `source`, with what the body processor made numbered as a whole ("body": head and
+    body): one number for many collections, cheaper to find when whole requests repeat."""
+    return "body" if collection in BODY_MADE else source(collection)
 
 
 def head_key(req: HttpRequest) -> tuple[tuple[str, str], ...]:

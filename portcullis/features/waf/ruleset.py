@@ -76,9 +76,10 @@ class Rule:
     ctl_ops: tuple[Ctl, ...] = ()
     msg_template: Template = field(default_factory=lambda: template(""))
     op_cache: dict[str, list[str] | None] | None = None  # value -> the operator's result, when pure
-    # the numbers (cache.Numbers) of the sources (request.source) in which this link found
-    # nothing, when its result depends on them alone (request data, a pure operator)
-    memo: dict[tuple[int, ...], bool] | None = None
+    # for each target, the numbers (cache.Numbers) of the sources (request.source) in whose values
+    # it found nothing (number * targets + index), when that depends on them alone (request data,
+    # a pure operator)
+    memo: dict[int, bool] | None = None
     memo_collections: tuple[str, ...] = ()
     prefilter: int = -1  # the pattern's id in the scan databases, -1: none
     scan_dbs: tuple[int, ...] = ()  # per selector: the scan database its values go through, -1: none
@@ -108,7 +109,7 @@ class RuleSet:
     # shared by the transactions (cache.py): pipeline -> value -> output, database -> value -> ids
     budget: Budget = field(default_factory=Budget)
     transform_cache: list[dict[str, str]] = field(default_factory=list)
-    scan_cache: list[dict[str, frozenset[int]]] = field(default_factory=list)
+    scan_cache: list[dict[str, int]] = field(default_factory=list)  # ids as bits (gate.py)
     shared: Shared = field(init=False)  # with the transactions: numbers, parsed heads
     # per phase: the collections its gated rules read, with how (prefilter.py, gate.py)
     gates: dict[int, tuple[CollectionGate, ...]] = field(default_factory=dict)
@@ -392,7 +393,7 @@ def compile_ruleset(sources: list[tuple[str, str]], guard: Guard | None = None) 
     ruleset = RuleSet(phases, markers, rules_by_id, compiler.pipeline_funcs, compiler.parents)
     ruleset.transform_cache = [ruleset.budget.table({}) for _ in compiler.pipeline_funcs]
     for selector in compiler.selectors.values():
-        if selector.slot >= 0 and selector.source in ("", "body"):
+        if selector.slot >= 0:
             selector.shared = ruleset.budget.table({})
     for entries in phases.values():
         for entry in entries:

@@ -12,9 +12,10 @@ from portcullis.features.waf.request import HttpRequest, header
 
 __all__ = ["HttpRequest", "Match", "Pairs", "Transaction"]
 from portcullis.features.waf.seclang import TargetSpec
-from portcullis.features.waf.variables import Selector
+from portcullis.features.waf.variables import Selected, Selector
 
 Pairs = list[tuple[str, str]]
+_KEPT = ("", "headers", "body")
 
 
 @dataclass(slots=True)
@@ -47,7 +48,7 @@ class Transaction:
     def __init__(self, request: HttpRequest, unique_id: str = "", shared: Shared | None = None) -> None:
         self.request = request
         self.shared = shared if shared is not None else Shared()
-        number, head = self.shared.head(request)
+        number, headers_number, head = self.shared.head(request)
         self.collections: dict[str, Pairs] = dict(head.collections)
         self.scalars: dict[str, str] = dict(head.scalars)
         self.scalars.update(
@@ -85,10 +86,11 @@ class Transaction:
         self.disruptive: Match | None = None
         self.allowed = False
         # what depends on the request data seen so far (dropped when more arrives)
-        self.selected: dict[int, Pairs] = {}  # selector slot -> its (name, value) pairs
-        self.numbers: dict[str, int] = {"": number}  # source (request.source) -> its content's number
+        self.selected: dict[int, Selected] = {}  # selector slot -> its (name, value) pairs
+        # source (request.source) -> its content's number
+        self.numbers: dict[str, int] = {"": number, "headers": headers_number}
         self.body_key: tuple[tuple[str, str], ...] | None = None  # (processor, body) once loaded
-        self.gate_hits: dict[int, set[int]] = {}  # phase -> prefilter ids any gated value hit
+        self.gate_hits: dict[int, int] = {}  # phase -> prefilter ids any gated value hit (bits)
         self.named: dict[str, Pairs] = {}  # the *_NAMES collections
         self.folded: bool | None = None  # runs the folded plans (fold.py); None: not decided yet
         self.started = time.time()
@@ -105,7 +107,7 @@ class Transaction:
     def _forget_values(self) -> None:
         """New data arrived: the values cached from the collections before it are stale."""
         self.selected.clear()
-        kept = [(k, self.numbers[k]) for k in ("", "body") if k in self.numbers]  # head, body: unchanged
+        kept = [(k, self.numbers[k]) for k in _KEPT if k in self.numbers]  # head, body: unchanged
         self.numbers.clear()
         self.numbers.update(kept)
         self.gate_hits.clear()
@@ -133,11 +135,11 @@ class Transaction:
         """Run the request body processor (at the start of phase 2)."""
         self._forget_values()
         text = body.decode("latin-1")
-        self.body_key = (("", self.body_processor or ""), ("", text))
-        self.numbers.pop("body", None)
         if self.body_processor in (None, "URLENCODED"):
             # as in ModSecurity: the raw body only with the URL-encoded processor, or none
             self.scalars["REQUEST_BODY"] = text
+        self.body_key = (("", self.body_processor or ""), ("", text))
+        self.numbers.pop("body", None)
         self.scalars["REQUEST_BODY_LENGTH"] = str(len(body))
         self.scalars["FULL_REQUEST_LENGTH"] = str(int(self.scalars["FULL_REQUEST_LENGTH"]) + len(body))
         processor = self.body_processor
@@ -209,7 +211,8 @@ class Transaction:
 
     def number(self, name: str) -> int:
         """The number (cache.Numbers) of what a source (request.source) holds now: "" the head,
-        "body" what the body processor made (the head, before it ran), else a collection."""
+        "headers" its headers, "body" what the body processor made (the head, before it ran),
+        else a collection. Hot paths look in `numbers` first: a number is never 0."""
         found = self.numbers.get(name)
         if found is None:
             if name == "body":
@@ -223,7 +226,7 @@ class Transaction:
             self.numbers[name] = found
         return found
 
-    def select(self, spec: TargetSpec, exclusions: list[TargetSpec]) -> Pairs:
+    def select(self, spec: TargetSpec, exclusions: list[TargetSpec]) -> Selected:
         """The (full name, value) pairs a target names, minus the excluded ones."""
         return Selector(spec, exclusions, -1).values(self)
 

@@ -225,13 +225,14 @@ def remove_comments_char(v: str) -> str:
 
 
 _B64_CLEAN = re.compile(r"[^A-Za-z0-9+/]")
+_B64_RUN = re.compile(r"[A-Za-z0-9+/]*")
 
 
 def base64_decode(v: str) -> str:
     """Decodes up to the first character that is not base64; what decodes is kept."""
-    m = re.match(r"[A-Za-z0-9+/]*", v)
+    m = _B64_RUN.match(v)
     data = m.group(0) if m else ""
-    return _b64(data)
+    return _b64(data) if data else ""
 
 
 def base64_decode_ext(v: str) -> str:
@@ -489,15 +490,23 @@ def may_change(fns: tuple[Transform, ...] | list[Transform]) -> Callable[[str], 
     ends = "".join(sorted({c for spec in specs if spec is not None for c in spec.ends}))
     dot = any(spec.dot for spec in specs if spec is not None)
     nonascii = any(spec.nonascii for spec in specs if spec is not None)
-    search = re.compile("[" + re.escape(chars) + "]").search if chars else None
+    # a whole case of letters: compared with the value in the other case (which may also change
+    # a non-ASCII letter: a change more is only a transformation more); other characters and
+    # sequences: a substring search each, much faster than a regex over a long value
+    upper = set(_UPPERS) <= set(chars)
+    lower = set(_UPPERS.lower()) <= set(chars)
+    cased = (_UPPERS if upper else "") + (_UPPERS.lower() if lower else "")
+    needles = tuple(c for c in chars if c not in cased) + seqs
 
     def test(v: str) -> bool:
         if nonascii and not v.isascii():
             return True
-        if search is not None and search(v) is not None:
+        if upper and v.lower() != v:
             return True
-        for seq in seqs:
-            if seq in v:
+        if lower and v.upper() != v:
+            return True
+        for needle in needles:
+            if needle in v:
                 return True
         if ends and v and (v[0] in ends or v[-1] in ends):
             return True

@@ -9,6 +9,7 @@ read `ARGS|ARGS_NAMES|REQUEST_COOKIES|...` build each list once.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from portcullis.features.waf.request import source
@@ -16,6 +17,8 @@ from portcullis.features.waf.seclang import TargetSpec
 
 if TYPE_CHECKING:
     from portcullis.features.waf.transaction import Pairs, Transaction
+
+Selected = Sequence[tuple[str, str]]  # what a selector selected: (full name, value) pairs
 
 # variables whose values change while rules run: never cached per request
 DYNAMIC = frozenset(
@@ -64,9 +67,9 @@ class Selector:
         self.source = source(spec.collection)
         # what it selected, by the number of the head (or head and body) it came from, across
         # transactions (attached by the rule set, under its budget)
-        self.shared: dict[int, Pairs] | None = None
+        self.shared: dict[int, Selected] | None = None
 
-    def values(self, txn: Transaction) -> Pairs:
+    def values(self, txn: Transaction) -> Selected:
         """The (full name, value) pairs; a count target gives one pair, the count."""
         slot = self.slot
         if slot >= 0:
@@ -77,16 +80,19 @@ class Selector:
                 if shared is None:
                     found = self._values(txn, self.exclusions)
                 else:
-                    number = txn.number(self.source)
+                    number = txn.numbers.get(self.source) or txn.number(self.source)
                     found = shared.get(number)
                     if found is None:
-                        found = shared[number] = self._values(txn, self.exclusions)
-                        txn.shared.budget.charge(len(found) + 1)
+                        # a tuple: the collector stops walking it (a list it walks as long as it is kept)
+                        found = shared[number] = tuple(self._values(txn, self.exclusions))
+                        budget = txn.shared.budget
+                        budget.chars += len(found) + 1
+                        budget.entries += 1
                 cache[slot] = found
             return found
         return self._values(txn, self.exclusions)
 
-    def values_without(self, txn: Transaction, extra: list[TargetSpec]) -> Pairs:
+    def values_without(self, txn: Transaction, extra: list[TargetSpec]) -> Selected:
         """As `values`, less targets a `ctl:ruleRemoveTarget...` took away at run time."""
         more = [ex for ex in extra if ex.collection == self.collection]
         return self._values(txn, (*self.exclusions, *more)) if more else self.values(txn)
