@@ -23,10 +23,10 @@ _IDLE, _WAITING, _READING, _TUNNEL = range(4)
 class UpstreamConnection(asyncio.Protocol):
     __slots__ = (
         "_bound",
+        "_fields",
         "_head_only",
         "_headers",
         "_idle_timeout",
-        "_in_trailers",
         "_parser",
         "_paused",
         "_response_timeout",
@@ -54,8 +54,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._state = _IDLE
         self._parser: httptools.HttpResponseParser | None = None
         self._headers: Headers = []
+        self._fields = self._headers  # where the parser's next field goes: the head's, or the trailers
         self._trailers: Headers | None = None
-        self._in_trailers = False
         self._idle_timeout = 60.0
         self._response_timeout = 60.0
         self._head_only = False
@@ -123,22 +123,19 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ parser callbacks
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self._in_trailers:
-            assert self._trailers is not None
-            self._trailers.append((name, value))
-        else:
-            self._headers.append((name, value))
+        self._fields.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None and self.exchange is not None
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # interim answers (100 Continue ...) are ours to send, not the peer's
-            self._headers = []
+            self._headers = self._fields = []
             return
         self._state = _READING
         self.deadline = self.watchdog.now + self._idle_timeout
-        headers, self._headers = self._headers, []
+        headers = self._headers
+        self._headers = self._fields = []
         self.exchange.upstream_head(status, headers, self._parser.should_keep_alive())
         if self._head_only and self.exchange is not None and status != 101:
             parser, self._parser = self._parser, None  # it would wait for the body the head announced
@@ -154,14 +151,14 @@ class UpstreamConnection(asyncio.Protocol):
         # the header callbacks after the last chunk are trailers
         if self._trailers is None:
             self._trailers = []
-        self._in_trailers = True
+        self._fields = self._trailers
 
     def on_chunk_header(self) -> None:
         # llhttp reports the trailer fields after the last (zero-size) chunk's header and before
         # its chunk_complete: a header callback after any chunk header is a trailer
         if self._trailers is None:
             self._trailers = []
-        self._in_trailers = True
+        self._fields = self._trailers
 
     def on_message_complete(self) -> None:
         # llhttp ends a 101's message with its head: the tunnel starts in data_received instead
@@ -206,9 +203,8 @@ class UpstreamConnection(asyncio.Protocol):
         if self._parser is None:
             # a parser that ended its last response cleanly reads the next one on the connection
             self._parser = httptools.HttpResponseParser(self)
-        self._headers = []
+        self._headers = self._fields = []
         self._trailers = None
-        self._in_trailers = False
         self._head_only = head_only
         self._idle_timeout = idle_timeout
         self._state = _WAITING
