@@ -118,30 +118,27 @@ class CollectionGate:
         self.every = every = tuple(r for r in every if r not in self.always)
         funcs = tuple(dict.fromkeys(fn for r in every for fn in r.transforms))
         self.screen = may_change(funcs)
-        self.same_all = 0
-        for reader in every:
-            self.same_all |= reader.patterns
         # ... and for the others, which transformations may change them
         self.checks = tuple(may_change((fn,)) for fn in funcs)
         bits = {fn: 1 << i for i, fn in enumerate(funcs)}
         self.masks = tuple(sum(bits[fn] for fn in set(r.transforms)) for r in every)
         # per set of tests a value fails: the patterns of readers that see the value unchanged,
-        # and the readers that must transform it
-        self.plans: dict[int, tuple[int, tuple[Reader, ...]]] = {}
+        # and how the others transform it
+        self.plans: dict[int, Walk] = {}
         self.cache: dict[str, int] = {}  # value -> what `every` reader found in it
         self.memo: dict[int, int] = {}  # collection number -> what all readers found
 
-    def plan(self, changed: int) -> tuple[int, tuple[Reader, ...]]:
+    def plan(self, changed: int, ruleset: RuleSet) -> Walk:
         found = self.plans.get(changed)
         if found is None:
             same = 0
-            work: list[Reader] = []
+            readers = list(self.always)
             for reader, mask in zip(self.every, self.masks, strict=True):
                 if mask & changed:
-                    work.append(reader)
+                    readers.append(reader)
                 else:
                     same |= reader.patterns
-            found = (same, tuple(work))
+            found = _walk(same, readers, ruleset)
             if len(self.plans) < _MAX_PLANS:
                 self.plans[changed] = found
         return found
@@ -180,28 +177,54 @@ class CollectionGate:
         """What the readers of every item find in one value."""
         db = self.db
         seen = hits(ruleset, db, value)
-        found = EMPTY
-        for reader in self.always:
-            got = hits(ruleset, db, through(ruleset, reader.pipeline, value))
-            if got:
-                found |= got & reader.patterns
-        if not self.screen(value):
-            return found | (seen & self.same_all) if seen else found
         changed = 0
-        bit = 1
-        for test in self.checks:
-            if test(value):
-                changed |= bit
-            bit <<= 1
-        same, work = self.plan(changed)
-        if seen:
-            found |= seen & same
-        for reader in work:
-            out = through(ruleset, reader.pipeline, value)
+        if self.screen(value):
+            bit = 1
+            for test in self.checks:
+                if test(value):
+                    changed |= bit
+                bit <<= 1
+        walk = self.plans.get(changed) or self.plan(changed, ruleset)
+        found = seen & walk.same
+        outs = [value]
+        for parent, fn in walk.steps:
+            outs.append(fn(outs[parent]))
+        for slot, patterns in walk.reads:
+            out = outs[slot]
             got = seen if out == value else hits(ruleset, db, out)
             if got:
-                found |= got & reader.patterns
+                found |= got & patterns
         return found
+
+
+@dataclass(frozen=True, slots=True)
+class Walk:
+    """The transformations a value goes through for the readers that must transform it, each
+    prefix their pipelines share done once: step k makes `outs[k + 1]` from `outs[parent]`
+    (`outs[0]` is the value); a reader finds its patterns in `outs[slot]`."""
+
+    same: int  # the patterns of readers that see the value unchanged
+    steps: tuple[tuple[int, Callable[[str], str]], ...]
+    reads: tuple[tuple[int, int], ...]  # (slot, patterns)
+
+
+def _walk(same: int, readers: list[Reader], ruleset: RuleSet) -> Walk:
+    """The walk of these readers' pipelines (a pipeline's parent is its prefix, `ruleset.py`)."""
+    slots: dict[int, int] = {}  # pipeline -> its slot in `outs`
+    steps: list[tuple[int, Callable[[str], str]]] = []
+
+    def slot(pipeline: int) -> int:
+        if pipeline < 0 or not ruleset.pipelines[pipeline]:
+            return 0
+        found = slots.get(pipeline)
+        if found is None:
+            parent = slot(ruleset.parents[pipeline])
+            steps.append((parent, ruleset.pipelines[pipeline][-1]))
+            found = slots[pipeline] = len(steps)
+        return found
+
+    reads = tuple((slot(r.pipeline), r.patterns) for r in readers)
+    return Walk(same, tuple(steps), reads)
 
 
 def phase_hits(txn: Transaction, ruleset: RuleSet, phase: int) -> int:

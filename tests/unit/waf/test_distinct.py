@@ -101,3 +101,20 @@ def test_a_pipeline_starts_from_its_parents_output_when_at_hand() -> None:
     ruleset.transform_cache[one]["A%41+b"] = "KNOWN"  # taken from the parent's cache
     assert through(ruleset, two, "A%41+b") == "known"
     assert through(ruleset, two, "C%43") == "cc"
+
+
+def test_a_gate_transforms_a_shared_prefix_once() -> None:
+    waf = Waf.from_text(
+        'SecRule ARGS "@rx ab cd" "id:1,phase:2,pass,t:none,t:urlDecode,msg:a"\n'
+        'SecRule ARGS "@rx ab\\x20cd" "id:2,phase:2,pass,t:none,t:urlDecode,t:lowercase,msg:b"\n'
+        'SecRule ARGS "@rx qq" "id:3,phase:2,pass,t:none,t:lowercase,msg:c"'
+    )
+    gate = next(g for g in waf.ruleset.gates[2] if g.collection == "ARGS")
+    walk = gate.plan(mask(range(len(gate.checks))), waf.ruleset)  # every test says "may change"
+    assert len(walk.steps) == 3  # urlDecode, then lowercase after it and on the value itself
+    assert len(walk.reads) == 3 and walk.same == 0
+    assert ids(waf.evaluate(req("/?a=AB+CD"))) == [2]
+    assert ids(waf.evaluate(req("/?a=ab+cd"))) == [1, 2]
+    assert ids(waf.evaluate(req("/?a=QQ"))) == [3]
+    assert ids(waf.evaluate(req("/?a=abcd"))) == []
+
