@@ -37,6 +37,7 @@ def connection_tokens(value: bytes | None) -> frozenset[bytes]:
 
 # what a header name means to the forwarder, by its bytes as received (names repeat from
 # request to request, so one dict lookup replaces lower-casing and set tests)
+# (_XFF to _FWD, the forwarding family, are consecutive: a range test finds them)
 _KEEP, _DROP, _XFF, _XFP, _XFH, _FWD, _TE, _CL, _CONN, _RID = range(10)
 # one table per request id header name (it is configurable), per direction
 _REQUEST_CODES: dict[bytes, dict[bytes, int]] = {}
@@ -116,14 +117,22 @@ def _forwarding(
     build: Callable[[str, bytes, bytes, bytes | None, bytes | None, bytes | None, bytes | None], _Built],
     ctx: RequestContext,
     host: bytes,
-    xff: bytes | None,
-    xfp: bytes | None,
-    xfh: bytes | None,
-    fwd: bytes | None,
+    incoming: list[tuple[int, bytes]] | None,
 ) -> _Built:
-    """`build`'s forwarding fields for this request, from `cache` when no trusted proxy sent any."""
+    """`build`'s forwarding fields for this request, from `cache` when no trusted proxy sent any
+    (`incoming`: the trusted X-Forwarded-*/Forwarded fields, by code, in the order received)."""
     proto = b"https" if ctx.scheme == "https" else b"http"
-    if xff is not None or xfp is not None or xfh is not None or fwd is not None:
+    if incoming:
+        xff = xfp = xfh = fwd = None
+        for code, value in incoming:
+            if code == _XFF:
+                xff = value if xff is None else xff + b", " + value
+            elif code == _XFP:
+                xfp = value
+            elif code == _XFH:
+                xfh = value
+            else:
+                fwd = value if fwd is None else fwd + b", " + value
         return build(ctx.client_ip, host, proto, xff, xfp, xfh, fwd)
     key = (ctx.client_ip, host, ctx.scheme)
     built = cache.get(key)
@@ -151,7 +160,7 @@ def upstream_request_head(
     codes = _REQUEST_CODES.get(rid_lower)
     if codes is None:
         codes = _REQUEST_CODES[rid_lower] = {}
-    xff = xfp = xfh = fwd = None
+    incoming: list[tuple[int, bytes]] | None = None  # forwarding fields a trusted proxy sent
     method = _METHODS.get(ctx.method)
     if method is None:
         method = ctx.method.encode("latin-1") + b" "
@@ -171,17 +180,11 @@ def upstream_request_head(
         if code == _KEEP:
             if not named or name.lower() not in named:
                 lines += (name, b": ", value, b"\r\n")
-            continue
-        if trusted:
-            if code == _XFF:
-                xff = value if xff is None else xff + b", " + value
-            elif code == _XFP:
-                xfp = value
-            elif code == _XFH:
-                xfh = value
-            elif code == _FWD:
-                fwd = value if fwd is None else fwd + b", " + value
-    fields = _forwarding(_FORWARDING, _forwarding_fields, ctx, host, xff, xfp, xfh, fwd)
+        elif trusted and _XFF <= code <= _FWD:
+            if incoming is None:
+                incoming = []
+            incoming.append((code, value))
+    fields = _forwarding(_FORWARDING, _forwarding_fields, ctx, host, incoming)
     lines += (fields, request_id_header, b": ", ctx.request_id.encode(), b"\r\n")
     if upgrade is not None:
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")
@@ -203,7 +206,7 @@ def upstream_request_fields(
     codes = _REQUEST_CODES.get(request_id_lower)
     if codes is None:
         codes = _REQUEST_CODES[request_id_lower] = {}
-    xff = xfp = xfh = fwd = None
+    incoming: list[tuple[int, bytes]] | None = None  # forwarding fields a trusted proxy sent
     authority: bytes | None = None
     fields: Headers = []
     for name, value in ctx.headers:
@@ -216,18 +219,12 @@ def upstream_request_fields(
                 authority = authority or value  # HTTP/2 carries it as :authority (a filter may have set it)
             elif not named or lname not in named:
                 fields.append((lname, value))
-            continue
-        if trusted:
-            if code == _XFF:
-                xff = value if xff is None else xff + b", " + value
-            elif code == _XFP:
-                xfp = value
-            elif code == _XFH:
-                xfh = value
-            elif code == _FWD:
-                fwd = value if fwd is None else fwd + b", " + value
+        elif trusted and _XFF <= code <= _FWD:
+            if incoming is None:
+                incoming = []
+            incoming.append((code, value))
     host = ctx.host_header or ctx.host.encode()
-    values = _forwarding(_H2_FORWARDING, _forwarding_values, ctx, host, xff, xfp, xfh, fwd)
+    values = _forwarding(_H2_FORWARDING, _forwarding_values, ctx, host, incoming)
     out: Headers = [
         (b":method", ctx.method.encode("latin-1")), (b":scheme", scheme),
         (b":authority", authority or host), (b":path", ctx.upstream_path),
