@@ -42,7 +42,13 @@ class Selector:
         self.peers = tuple(peers)
         self.rng = rng or random.Random()
         self.fixed_weights: list[float] | None = None
-        """Set by the owner when weights never change (no slow start): read once, not per pick."""
+        """Set (`fix_weights`) when weights never change (no slow start): read once, not per pick."""
+        self.equal_weights = False
+        """Fixed weights that are all the same."""
+
+    def fix_weights(self, weights: list[float]) -> None:
+        self.fixed_weights = weights
+        self.equal_weights = len(set(weights)) == 1
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         raise NotImplementedError
@@ -55,7 +61,6 @@ class RoundRobin(Selector):
     def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
         super().__init__(peers, rng)
         self.current = [0.0] * len(self.peers)
-        self._equal: bool | None = None  # whether the fixed weights are all the same
         self._turn = 0
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
@@ -64,10 +69,7 @@ class RoundRobin(Selector):
         current = self.current
         fixed = self.fixed_weights if eligible is _everyone else None
         if fixed is not None:
-            equal = self._equal
-            if equal is None:
-                equal = self._equal = len(set(fixed)) == 1
-            if equal:
+            if self.equal_weights:
                 # equal weights: the smooth weighted order is the peers in turn
                 turn = self._turn
                 self._turn = turn + 1 if turn + 1 < len(fixed) else 0
@@ -95,25 +97,19 @@ class RoundRobin(Selector):
 class LeastConn(Selector):
     """Fewest requests in flight relative to weight; ties broken at random."""
 
-    _equal: bool | None = None  # whether the fixed weights are all the same
-
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         fixed = self.fixed_weights
         everyone = eligible is _everyone
-        if everyone and fixed is not None and self.peers:
-            equal = self._equal
-            if equal is None:
-                equal = self._equal = len(set(fixed)) == 1
-            if equal:
-                # equal weights: the fewest in flight, found by list operations rather than a loop
-                loads = [p.active for p in self.peers]
-                least = min(loads)
-                ties = loads.count(least)
-                at = loads.index(least)
-                if ties > 1:  # the k-th of the tied peers, k at random
-                    for _ in range(int(self.rng.random() * ties)):
-                        at = loads.index(least, at + 1)
-                return self.peers[at]
+        if everyone and self.equal_weights:
+            # equal weights: the fewest in flight, found by list operations rather than a loop
+            loads = [p.active for p in self.peers]
+            least = min(loads)
+            ties = loads.count(least)
+            at = loads.index(least)
+            if ties > 1:  # the k-th of the tied peers, k at random
+                for _ in range(int(self.rng.random() * ties)):
+                    at = loads.index(least, at + 1)
+            return self.peers[at]
         best: list[Candidate] = []
         best_load = 0.0
         for index, peer in enumerate(self.peers):

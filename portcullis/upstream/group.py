@@ -195,7 +195,7 @@ class UpstreamGroup:
         self.tracks_latency = config.balance == "p2c_ewma"
         if not self.slow_start:
             # weights never change: selectors may read them once
-            self.selector.fixed_weights = [float(p.base_weight) for p in self.primaries]
+            self.selector.fix_weights([float(p.base_weight) for p in self.primaries])
 
     # ------------------------------------------------------------------ selection
     def available(self, peer: Peer, now: float) -> bool:

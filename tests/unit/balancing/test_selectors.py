@@ -137,7 +137,7 @@ def test_least_conn_with_fixed_equal_weights_picks_the_least_and_breaks_ties_at_
     """The path an upstream without slow start takes: weights read once, all the same."""
     ps = peers(1, 1, 1, 1)
     lc = LeastConn(ps, random.Random(5))
-    lc.fixed_weights = [1.0] * 4
+    lc.fix_weights([1.0] * 4)
     for p, n in zip(ps, (3, 1, 1, 1), strict=True):
         p.active = n
     counts = Counter(id(p) for p in picks(lc, 9000))
