@@ -209,6 +209,14 @@ class H1RequestReader:
         """Ignore every byte from now on (the connection is closing). Safe inside an event."""
         self._stopped = True
 
+    def release_parser(self) -> None:
+        """Drop the parser for good (the connection is gone). Not inside an event.
+
+        The parser holds this object's callbacks and this object holds the parser: without this
+        cycle broken, every closed connection would wait for the garbage collector to be freed."""
+        self._stopped = True
+        del self._parser
+
     @property
     def stopped(self) -> bool:
         return self._stopped

@@ -129,7 +129,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
-        self.stop_parsing()
+        self.release_parser()
         self.deadline = 0.0
         runtime = self._runtime
         runtime.watchdog.unwatch(self)

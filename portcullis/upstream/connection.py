@@ -98,6 +98,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._parser = None  # it holds this object's callbacks: the cycle would wait for the collector
         self.watchdog.unwatch(self)
         exchange = self.exchange
         self._unbind()
