@@ -212,7 +212,7 @@ class UpstreamSide:
         runtime = self.runtime
         ctx = self.ctx
         ctx.upstream_time = runtime.clock()
-        runtime.stats.upstream_attempt(group.name, peer.label)
+        peer.counters.attempts += 1
         conn.bind(self, self._head_only, group.response_timeout, group.idle_timeout)  # type: ignore[arg-type]
         conn.send_head()  # the link frames the request: HTTP/1.1 bytes or HTTP/2 frames
         if self._replay:
@@ -246,7 +246,7 @@ class UpstreamSide:
         assert group is not None and peer is not None
         if ctx.upstream_time is not None:
             ctx.upstream_time = elapsed = runtime.clock() - ctx.upstream_time
-            runtime.stats.upstream_response(group.name, peer.label, elapsed)
+            peer.counters.durations.observe(elapsed)
         if status == 101:
             if self.upgrade is None:
                 self.upstream_failed(ProxyError(ErrorKind.UPSTREAM_PROTOCOL, "101 without an upgrade request"))

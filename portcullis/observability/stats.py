@@ -30,15 +30,41 @@ class Histogram:
         return {"counts": list(self.counts), "sum": self.sum}
 
 
+class RouteCounters:
+    """One route's requests and durations. A route holds its own, so a request's count is
+    two attribute reads and a dict update, with no key built from the route's name."""
+
+    __slots__ = ("durations", "requests")
+
+    def __init__(self) -> None:
+        # (method, status): the status is classed once per key in `snapshot`, not per request
+        self.requests: dict[tuple[str, int], int] = {}
+        self.durations = Histogram()
+
+    def count(self, method: str, status: int, seconds: float) -> None:
+        key = (method if method in _METHOD_CLASS else "other", status)
+        requests = self.requests
+        requests[key] = requests.get(key, 0) + 1
+        self.durations.observe(seconds)
+
+
+class PeerCounters:
+    """One upstream peer's attempts and response times, held by the peer (`Peer.counters`)."""
+
+    __slots__ = ("attempts", "durations")
+
+    def __init__(self) -> None:
+        self.attempts = 0
+        self.durations = Histogram()
+
+
 class WorkerStats:
     """Counters one worker keeps; every key is a tuple of label values."""
 
     def __init__(self) -> None:
-        self.requests: dict[tuple[str, str, int], int] = {}
-        self.durations: dict[str, Histogram] = {}
-        self.upstream_attempts: dict[tuple[str, str], int] = {}
+        self.routes: dict[str, RouteCounters] = {}
+        self.peers: dict[tuple[str, str], PeerCounters] = {}
         self.upstream_failures: dict[tuple[str, str, str], int] = {}
-        self.upstream_durations: dict[tuple[str, str], Histogram] = {}
         self.upstream_retries: dict[tuple[str, str], int] = {}
         self.connections_total = 0
         self.rejected: dict[str, int] = {}
@@ -46,20 +72,23 @@ class WorkerStats:
         self.waf_blocked: dict[str, int] = {}
         self.waf_detected: dict[str, int] = {}
 
-    def request(self, route: str, method: str, status: int, seconds: float) -> None:
-        # the status is classed once per key in `snapshot`, not per request
-        key = (route, method if method in _METHOD_CLASS else "other", status)
-        requests = self.requests
-        requests[key] = requests.get(key, 0) + 1
-        hist = self.durations.get(route)
-        if hist is None:
-            hist = self.durations[route] = Histogram()
-        hist.counts[bisect_left(BUCKETS, seconds)] += 1
-        hist.sum += seconds
+    def route(self, name: str) -> RouteCounters:
+        """The counters of a route (by name: a reload's route of the same name goes on counting)."""
+        counters = self.routes.get(name)
+        if counters is None:
+            counters = self.routes[name] = RouteCounters()
+        return counters
 
-    def upstream_attempt(self, upstream: str, peer: str) -> None:
-        key = (upstream, peer)
-        self.upstream_attempts[key] = self.upstream_attempts.get(key, 0) + 1
+    def peer(self, upstream: str, peer: str) -> PeerCounters:
+        """The counters of a peer of an upstream, kept across reloads like the route's."""
+        counters = self.peers.get((upstream, peer))
+        if counters is None:
+            counters = self.peers[(upstream, peer)] = PeerCounters()
+        return counters
+
+    def request(self, route: str, method: str, status: int, seconds: float) -> None:
+        """A request outside any route's counters (answered before routing, or by no route)."""
+        self.route(route).count(method, status, seconds)
 
     def upstream_failure(self, upstream: str, peer: str, kind: str) -> None:
         key = (upstream, peer, kind)
@@ -68,14 +97,6 @@ class WorkerStats:
     def upstream_retry(self, upstream: str, reason: str) -> None:
         key = (upstream, reason)
         self.upstream_retries[key] = self.upstream_retries.get(key, 0) + 1
-
-    def upstream_response(self, upstream: str, peer: str, seconds: float) -> None:
-        key = (upstream, peer)
-        hist = self.upstream_durations.get(key)
-        if hist is None:
-            hist = self.upstream_durations[key] = Histogram()
-        hist.counts[bisect_left(BUCKETS, seconds)] += 1
-        hist.sum += seconds
 
     def waf_match(self, route: str, rule_id: int) -> None:
         key = (route, str(rule_id))
@@ -90,20 +111,23 @@ class WorkerStats:
 
     def _classed_requests(self) -> dict[tuple[str, str, str], int]:
         classed: dict[tuple[str, str, str], int] = {}
-        for (route, method, status), count in self.requests.items():
-            key = (route, method, f"{status // 100}xx")
-            classed[key] = classed.get(key, 0) + count
+        for route, counters in self.routes.items():
+            for (method, status), count in counters.requests.items():
+                key = (route, method, f"{status // 100}xx")
+                classed[key] = classed.get(key, 0) + count
         return classed
 
     def snapshot(self, gauges: dict[str, Any]) -> dict[str, Any]:
         """A JSON-able copy, sent to the master."""
         return {
             "requests": [[*k, v] for k, v in self._classed_requests().items()],
-            "durations": {k: h.snapshot() for k, h in self.durations.items()},
-            "upstream_attempts": [[*k, v] for k, v in self.upstream_attempts.items()],
+            "durations": {k: c.durations.snapshot() for k, c in self.routes.items() if c.requests},
+            "upstream_attempts": [[*k, c.attempts] for k, c in self.peers.items() if c.attempts],
             "upstream_failures": [[*k, v] for k, v in self.upstream_failures.items()],
             "upstream_retries": [[*k, v] for k, v in self.upstream_retries.items()],
-            "upstream_durations": [[*k, h.snapshot()] for k, h in self.upstream_durations.items()],
+            "upstream_durations": [
+                [*k, c.durations.snapshot()] for k, c in self.peers.items() if any(c.durations.counts)
+            ],
             "connections_total": self.connections_total,
             "rejected": dict(self.rejected),
             "waf_rule_matches": [[*k, v] for k, v in self.waf_rule_matches.items()],

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from portcullis.engine.chain import Chain
+from portcullis.observability.stats import RouteCounters
 
 if TYPE_CHECKING:
     from portcullis.engine.context import RequestContext
@@ -41,6 +42,7 @@ class CompiledRoute:
     chain: Chain
     upstream: UpstreamGroup | None
     max_body: int
+    counters: RouteCounters = field(default_factory=RouteCounters)
     listeners: frozenset[str] | None = None
     host: HostMatcher | None = None
     path: str | None = None

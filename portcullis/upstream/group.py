@@ -13,6 +13,7 @@ from portcullis.balancing.selectors import SELECTORS, Selector
 from portcullis.config.schema import Upstream as UpstreamConfig
 from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
+from portcullis.observability.stats import PeerCounters
 from portcullis.tls.upstream import upstream_context
 from portcullis.upstream.sticky import sticky_token
 
@@ -38,6 +39,7 @@ class Peer:
         "backup",
         "base_weight",
         "breaker",
+        "counters",
         "group",
         "host",
         "http2",
@@ -69,6 +71,7 @@ class Peer:
         self.backup = backup
         self.max_conns = max_conns
         self.pool = pool
+        self.counters = PeerCounters()  # the worker's own, once the runtime is built (worker/build.py)
         self.active = 0
         self._ewma = 0.0
         self._ewma_at = 0.0

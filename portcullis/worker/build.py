@@ -42,8 +42,13 @@ def _peer(services: Services, upstream: str, url: str, origin: str, spec: PeerSp
     pool.idle_timeout = config.keepalive.idle_timeout
     peer = services.get_or_create(Peer, key, partial(Peer, url, spec.weight, pool))
     peer.pool = pool  # (a reload may have switched the upstream between HTTP/1.1 and HTTP/2)
+    peer.counters = _stats(services).peer(upstream, peer.label)
     peer.base_weight, peer.backup, peer.max_conns, peer.origin = spec.weight, spec.backup, spec.max_conns, origin
     return peer
+
+
+def _stats(services: Services) -> WorkerStats:
+    return services.get_or_create(WorkerStats, "stats", WorkerStats)
 
 
 def build_upstreams(config: Config, services: Services) -> tuple[dict[str, UpstreamGroup], list[PeerDiscovery]]:
@@ -86,6 +91,7 @@ def compile_route(
     )
     return CompiledRoute(
         name=route.name,
+        counters=_stats(services).route(route.name),
         chain=compile_chain([build_filter(f, services) for f in route.filters]),
         upstream=groups[route.upstream] if route.upstream else None,
         max_body=route.limits.max_body
@@ -115,7 +121,7 @@ def build_runtime(config: Config, services: Services, watchdog: Watchdog, genera
             scheme="https" if listener.tls else "http",
             router=Router(mine),
         )
-    stats = services.get_or_create(WorkerStats, "stats", WorkerStats)
+    stats = _stats(services)
     access_log = AccessLog(config.access_log.path, config.access_log.format) if config.access_log else None
     runtime = Runtime(config, listeners, groups, watchdog, stats, access_log, generation)
     runtime.discoveries = discoveries

@@ -120,8 +120,11 @@ class Runtime:
     def request_finished(self, ctx: RequestContext) -> None:
         """Every request ends here exactly once: metrics and the access log."""
         total = self.clock() - ctx.started
-        route = ctx.route.name if ctx.route is not None else ""
-        self.stats.request(route, ctx.method, ctx.status, total)
+        route = ctx.route
+        if route is not None:
+            route.counters.count(ctx.method, ctx.status, total)
+        else:
+            self.stats.request("", ctx.method, ctx.status, total)
         if self.access_log is not None:
             self.access_log.write(ctx, total)
 

@@ -26,8 +26,9 @@ def _worker(requests: int, status: int, seconds: float) -> WorkerStats:
     stats = WorkerStats()
     for _ in range(requests):
         stats.request("api", "GET", status, seconds)
-        stats.upstream_attempt("app", "127.0.0.1:9001")
-        stats.upstream_response("app", "127.0.0.1:9001", seconds / 2)
+        peer = stats.peer("app", "127.0.0.1:9001")
+        peer.attempts += 1
+        peer.durations.observe(seconds / 2)
     stats.upstream_failure("app", "127.0.0.1:9001", "connect_failed")
     stats.connections_total = requests
     return stats
