@@ -10,7 +10,6 @@ versions, and the size limits. Every refusal is a `ProxyError` with the right st
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Final
 
@@ -18,13 +17,13 @@ import httptools
 
 from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.messages import Headers
+from portcullis.http.hosts import valid_host
 
 _SPECIAL: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"connection"}
 )
 # RFC 9110 7.2: uri-host [":" port], an IP literal or a reg-name; no userinfo, path, spaces or the
 # commas of a joined repeated Host
-_HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 _METHOD_NAMES: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 
@@ -123,7 +122,6 @@ class H1RequestReader:
         "_trailers",
         "_upgrade",
         "_url",
-        "_valid_host",
         "in_head",
     )
 
@@ -137,8 +135,6 @@ class H1RequestReader:
         self._line_done = False
         self._head_bytes = 0
         self._feed_body = False
-        self._valid_host = b""
-        """The last Host that passed the syntax check (a connection repeats it)."""
         self._reset()
 
     def _reset(self) -> None:
@@ -310,10 +306,8 @@ class H1RequestReader:
                 self._headers.append((b"Host", host))
             elif not (target == b"*" and method == "OPTIONS"):
                 raise ProxyError(ErrorKind.BAD_REQUEST, "invalid request target")
-        if host is not None and host != self._valid_host:
-            if not _HOST.fullmatch(host):
-                raise ProxyError(ErrorKind.BAD_REQUEST, "invalid Host header")
-            self._valid_host = host
+        if host is not None and not valid_host(host):
+            raise ProxyError(ErrorKind.BAD_REQUEST, "invalid Host header")
         if self._chunked and version == "1.0":
             # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
             raise ProxyError(ErrorKind.BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")

@@ -22,6 +22,7 @@ from portcullis.engine.forwarding import (
 )
 from portcullis.engine.messages import Headers
 from portcullis.http.h1 import H1RequestReader, RequestHead, UpgradeRequested
+from portcullis.http.hosts import host_name
 
 if TYPE_CHECKING:
     from portcullis.tls.certs import ClientIdentity
@@ -45,8 +46,6 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
     __slots__ = (
         "_active",
         "_closing",
-        "_host_bytes",
-        "_host_str",
         "_keep_alive",
         "_listener",
         "_out",
@@ -87,8 +86,6 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._out: bytes | None = None
         self._keep_alive = True
         self._version = "1.1"
-        self._host_bytes: bytes | None = None  # the last Host and its name, reused while it repeats
-        self._host_str = ""
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -99,7 +96,6 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         runtime = self._runtime
         self.trusted = runtime.is_trusted(self.client_ip)
         self.deadline = runtime.watchdog.now + runtime.client_header_timeout
-        runtime.watchdog.watch(self)
         runtime.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -132,7 +128,6 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self.release_parser()
         self.deadline = 0.0
         runtime = self._runtime
-        runtime.watchdog.unwatch(self)
         runtime.connection_closed(self)
         active = self._active
         self._active = None
@@ -207,16 +202,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
             exchange.request_end(trailers)
 
     def _host_name(self, host: bytes | None) -> str:
-        if not host:
-            return self._listener.host
-        if host == self._host_bytes:
-            return self._host_str
-        if host.startswith(b"["):
-            name = host[: host.find(b"]") + 1].decode("latin-1").lower()
-        else:
-            name = host.partition(b":")[0].decode("latin-1").lower()
-        self._host_bytes, self._host_str = host, name
-        return name
+        return host_name(host) if host else self._listener.host
 
     # ================================================================== Downstream, for the exchange
     def send_head(

@@ -27,6 +27,7 @@ import hpack
 from portcullis.engine.context import RequestContext
 from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.exchange import Exchange
+from portcullis.http.hosts import host_name
 from portcullis.server.h2_fields import CachingDecoder, RequestFields, request_fields, trailer_fields
 from portcullis.server.h2_stream import H2Stream
 from portcullis.server.hpack_static import StaticEncoder
@@ -118,7 +119,6 @@ class H2Connection(asyncio.Protocol):
         if self.edge is not None:
             self.client_cert = self.edge.client_identity(transport)
         self.deadline = runtime.watchdog.now + runtime.client_header_timeout
-        runtime.watchdog.watch(self)
         runtime.connection_opened(self)
         self.h2.initiate_connection()
         extra = self._connection_window - 65535
@@ -153,7 +153,6 @@ class H2Connection(asyncio.Protocol):
         self._closing = True
         self.deadline = 0.0
         runtime = self._runtime
-        runtime.watchdog.unwatch(self)
         runtime.connection_closed(self)
         streams = list(self.streams.values())
         self.streams.clear()
@@ -269,11 +268,7 @@ class H2Connection(asyncio.Protocol):
         exchange.begin(listener.router)  # StreamEnded, among the events that follow, ends the request
 
     def _host_name(self, authority: bytes) -> str:
-        if not authority:
-            return self._listener.host
-        if authority.startswith(b"["):
-            return authority[: authority.find(b"]") + 1].decode("latin-1").lower()
-        return authority.partition(b":")[0].decode("latin-1").lower()
+        return host_name(authority) if authority else self._listener.host
 
     def _data(self, ev: h2.events.DataReceived) -> None:
         stream = self.streams.get(ev.stream_id)

@@ -28,7 +28,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("portcullis")
 
 
-class Closable(Protocol):
+class ClientConnection(Protocol):
+    """A client connection as the runtime sees it: closable when idle, with a deadline."""
+
+    deadline: float
+
+    def on_deadline(self) -> None: ...
+
     def close_if_idle(self) -> bool: ...
 
 
@@ -84,7 +90,7 @@ class Runtime:
         self._id_prefix = os.urandom(6).hex()
         # from 16**9 on, the counter has 10 hex digits without padding (for the next 2**40 requests)
         self._ids = itertools.count(16**9)
-        self.connections: set[Closable] = set()
+        self.connections: set[ClientConnection] = set()
 
     def next_request_id(self) -> str:
         return self._id_prefix + hex(next(self._ids))[2:]
@@ -99,12 +105,15 @@ class Runtime:
         return any(addr in net for net in self._trusted)
 
     # ------------------------------------------------------------------ engine reports
-    def connection_opened(self, conn: Closable) -> None:
+    def connection_opened(self, conn: ClientConnection) -> None:
+        """Counted, and its deadline watched, until `connection_closed`."""
         self.connections.add(conn)
+        self.watchdog.watch(conn)
         self.stats.connections_total += 1
 
-    def connection_closed(self, conn: Closable) -> None:
+    def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+        self.watchdog.unwatch(conn)
 
     def close_idle_connections(self) -> int:
         """Close every client connection that is between requests; the number still busy."""
