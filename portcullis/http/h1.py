@@ -22,8 +22,6 @@ from portcullis.http.hosts import valid_host
 _SPECIAL: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"connection"}
 )
-# RFC 9110 7.2: uri-host [":" port], an IP literal or a reg-name; no userinfo, path, spaces or the
-# commas of a joined repeated Host
 _METHOD_NAMES: Final = {m.encode(): m for m in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")}
 
 

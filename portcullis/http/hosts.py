@@ -10,7 +10,8 @@ from __future__ import annotations
 import re
 from typing import Final
 
-# RFC 9110 7.2 / RFC 3986 3.2.2: an IP-literal or a reg-name, then an optional port
+# RFC 9110 7.2: uri-host [":" port], an IP literal or a reg-name (RFC 3986 3.2.2); no userinfo,
+# path, spaces or the commas of a joined repeated Host
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 _MEMO_MAX: Final = 1024
 
