@@ -7,6 +7,7 @@ of the peers that `eligible` accepts (healthy, not ejected, not already tried ..
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
@@ -98,31 +99,35 @@ class LeastConn(Selector):
     """Fewest requests in flight relative to weight; ties broken at random."""
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
+        # one pass; among equal loads, the k-th tie replaces the choice with probability 1/k
+        # (reservoir sampling), which leaves each tied peer equally likely
+        rnd = self.rng.random
+        best: Candidate | None = None
+        least = math.inf
+        ties = 0
         fixed = self.fixed_weights
         everyone = eligible is _everyone
         if everyone and self.equal_weights:
-            # equal weights: the fewest in flight, found by list operations rather than a loop
-            loads = [p.active for p in self.peers]
-            least = min(loads)
-            ties = loads.count(least)
-            at = loads.index(least)
-            if ties > 1:  # the k-th of the tied peers, k at random
-                for _ in range(int(self.rng.random() * ties)):
-                    at = loads.index(least, at + 1)
-            return self.peers[at]
-        best: list[Candidate] = []
-        best_load = 0.0
+            for peer in self.peers:
+                active = peer.active
+                if active < least:
+                    best, least, ties = peer, active, 1
+                elif active == least:
+                    ties += 1
+                    if rnd() * ties < 1.0:
+                        best = peer
+            return best
         for index, peer in enumerate(self.peers):
             if not everyone and not eligible(peer):
                 continue
             load = peer.active / (fixed[index] if fixed is not None else peer.weight)
-            if not best or load < best_load:
-                best, best_load = [peer], load
-            elif load == best_load:
-                best.append(peer)
-        if not best:
-            return None
-        return best[0] if len(best) == 1 else self.rng.choice(best)
+            if load < least:
+                best, least, ties = peer, load, 1
+            elif load == least:
+                ties += 1
+                if rnd() * ties < 1.0:
+                    best = peer
+        return best
 
 
 class RandomChoice(Selector):
@@ -156,16 +161,16 @@ class P2CEwma(Selector):
         n = len(pool)
         if n <= 1:
             return pool[0] if pool else None
-        # two distinct peers at random
-        rnd = self.rng.random
-        i = int(rnd() * n)
-        j = int(rnd() * (n - 1))
+        # two distinct peers at random, from one draw: an ordered pair of the n * (n - 1)
+        i, j = divmod(int(self.rng.random() * n * (n - 1)), n - 1)
         if j >= i:
             j += 1
         a, b = pool[i], pool[j]
         fixed = self.fixed_weights if eligible is _everyone else None
         if fixed is None:
             return a if _cost(a) <= _cost(b) else b
+        if self.equal_weights:
+            return a if (a.ewma + 1e-4) * (a.active + 1) <= (b.ewma + 1e-4) * (b.active + 1) else b
         # the cost of _cost, without reading each weight again
         cost_a = (a.ewma + 1e-4) * (a.active + 1) / fixed[i]
         return a if cost_a <= (b.ewma + 1e-4) * (b.active + 1) / fixed[j] else b
@@ -189,7 +194,8 @@ class Maglev(Selector):
 
     def __init__(self, peers: Sequence[Candidate], rng: random.Random | None = None) -> None:
         super().__init__(peers, rng)
-        self.table = self._populate()
+        # each table slot's peer itself, so that a pick is one dict and one list lookup
+        self.table: list[Candidate] = [self.peers[i] for i in self._populate()] if self.peers else []
         # the table slot of each recent key: client addresses and user ids repeat request after request
         self._slots: dict[bytes, int] = {}
 
@@ -220,28 +226,32 @@ class Maglev(Selector):
                         return table
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
-        if not self.peers:
+        table = self.table
+        if not table:
             return None
         if hash_key is None:  # no key in this request: any slot
             slot = self.rng.randrange(self.TABLE_SIZE)
         else:
-            slots = self._slots
-            cached = slots.get(hash_key)
-            if cached is None:
-                cached = _hash64(hash_key) % self.TABLE_SIZE
-                if len(slots) >= self._SLOTS_CACHED:
-                    slots.clear()
-                slots[hash_key] = cached
-            slot = cached
+            slot = self._slots.get(hash_key, -1)
+            if slot < 0:
+                slot = self._slot_of(hash_key)
         if eligible is _everyone:
-            return self.peers[self.table[slot]]
-        for step in range(len(self.table)):
-            peer = self.peers[self.table[(slot + step) % self.TABLE_SIZE]]
+            return table[slot]
+        for step in range(self.TABLE_SIZE):
+            peer = table[(slot + step) % self.TABLE_SIZE]
             if eligible(peer):
                 return peer
             if step > 4 * len(self.peers) + 64 and not any(eligible(p) for p in self.peers):
                 return None
         return None
+
+    def _slot_of(self, hash_key: bytes) -> int:
+        slots = self._slots
+        slot = _hash64(hash_key) % self.TABLE_SIZE
+        if len(slots) >= self._SLOTS_CACHED:
+            slots.clear()
+        slots[hash_key] = slot
+        return slot
 
 
 class IpHash(Maglev):

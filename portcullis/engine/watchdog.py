@@ -8,6 +8,8 @@ request, and a quarter-second of slack is fine for timeouts counted in seconds.
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 from typing import Protocol
 
 TICK = 0.25
@@ -25,6 +27,8 @@ class Watchdog:
         self.now = loop.time()
         self._watched: set[Timed] = set()
         self._handle: asyncio.TimerHandle | None = None
+        self.on_tick: Callable[[float], None] | None = None
+        """Periodic upkeep that must stay off the request path, called with the time of each tick."""
 
     def start(self) -> None:
         self._handle = self.loop.call_later(TICK, self._tick)
@@ -48,7 +52,10 @@ class Watchdog:
             try:
                 item.on_deadline()
             except Exception:  # a timeout handler must never stop the clock
-                import logging
-
                 logging.getLogger("portcullis").exception("deadline handler failed")
+        if self.on_tick is not None:
+            try:
+                self.on_tick(now)
+            except Exception:
+                logging.getLogger("portcullis").exception("periodic upkeep failed")
         self._handle = self.loop.call_later(TICK, self._tick)

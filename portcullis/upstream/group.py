@@ -25,21 +25,22 @@ log = logging.getLogger("portcullis")
 
 _EWMA_DECAY = 0.3
 _EWMA_HALF_LIFE = 10.0  # seconds without an answer that halve a peer's remembered latency
-_EWMA_FADE_AFTER = 0.5  # seconds without an answer before the fading starts (under 4 % by then)
+_EWMA_FADE_AFTER = 0.5  # seconds without an answer before the fading starts
 
 
 class Peer:
     """One peer of one upstream: its address, pool, load and health."""
 
     __slots__ = (
-        "_ewma",
-        "_ewma_at",
+        "_answered",
+        "_quiet_since",
         "active",
         "active_ok",
         "backup",
         "base_weight",
         "breaker",
         "counters",
+        "ewma",
         "group",
         "host",
         "http2",
@@ -73,8 +74,11 @@ class Peer:
         self.pool = pool
         self.counters = PeerCounters()  # the worker's own, once the runtime is built (worker/build.py)
         self.active = 0
-        self._ewma = 0.0
-        self._ewma_at = 0.0
+        self.ewma = 0.0
+        """Smoothed response time in seconds (p2c_ewma). It fades while the peer gets no answers
+        (`UpstreamGroup.fade_latencies`), so a peer that was slow once is tried again later."""
+        self._answered = False
+        self._quiet_since = 0.0
         self.active_ok = True
         self.reason = "healthy"
         self.recovered_at = 0.0
@@ -94,25 +98,10 @@ class Peer:
             return self.base_weight
         return self.base_weight * max(ramp, 0.05)
 
-    @property
-    def ewma(self) -> float:
-        """Smoothed response time; it fades while the peer gets no traffic, so a peer that was
-        slow once is tried again later (P2C would otherwise never pick it again)."""
-        ewma = self._ewma
-        if not ewma:
-            return 0.0
-        idle = (self.group.clock() if self.group is not None else self._ewma_at) - self._ewma_at
-        # a busy peer answers far more often than this: its average is taken as it is
-        return ewma * 0.5 ** (idle / _EWMA_HALF_LIFE) if idle > _EWMA_FADE_AFTER else ewma
-
-    def observe_latency(self, seconds: float, now: float) -> None:
-        current = self._ewma
-        if current:
-            idle = now - self._ewma_at
-            if idle > _EWMA_FADE_AFTER:
-                current *= 0.5 ** (idle / _EWMA_HALF_LIFE)
-        self._ewma = seconds if current == 0.0 else current + _EWMA_DECAY * (seconds - current)
-        self._ewma_at = now
+    def observe_latency(self, seconds: float) -> None:
+        current = self.ewma
+        self.ewma = seconds if current == 0.0 else current + _EWMA_DECAY * (seconds - current)
+        self._answered = True
 
     def state(self, now: float) -> str:
         if not self.active_ok:
@@ -141,7 +130,7 @@ class UpstreamGroup:
         self.sticky = config.sticky
         self.hash_key = config.hash_key
         kind, _, name = (config.hash_key or "").partition(":")
-        self._hash_kind = kind
+        self._hash_kind = kind or ("client_ip" if config.balance == "ip_hash" else "")
         self._hash_name = name
         self._hash_header = name.lower().encode()
         self.max_outstanding = config.breaker.max_outstanding if config.breaker else 0
@@ -196,6 +185,7 @@ class UpstreamGroup:
         keyless = config.balance in ("round_robin", "least_conn", "random", "p2c_ewma")
         self.plain = self.simple and self.sticky is None and keyless
         self.tracks_latency = config.balance == "p2c_ewma"
+        self._faded_at = 0.0
         if not self.slow_start:
             # weights never change: selectors may read them once
             self.selector.fix_weights([float(p.base_weight) for p in self.primaries])
@@ -256,7 +246,7 @@ class UpstreamGroup:
     def _hash_input(self, ctx: RequestContext) -> bytes | None:
         kind = self._hash_kind
         if not kind:
-            return ctx.client_ip.encode() if self.config.balance == "ip_hash" else None
+            return None
         if kind == "client_ip":
             return ctx.client_ip.encode()
         if kind == "path":
@@ -284,7 +274,7 @@ class UpstreamGroup:
     def record(self, peer: Peer, ok: bool, elapsed: float | None) -> None:
         """Learn from how a try on `peer` went (ok: it answered, and not with a 5xx)."""
         if elapsed is not None and self.tracks_latency:
-            peer.observe_latency(elapsed, self.clock())
+            peer.observe_latency(elapsed)
         if self.simple:
             return  # no breaker or ejection to feed
         now = self.clock()
@@ -299,6 +289,21 @@ class UpstreamGroup:
                 duration = outlier.eject(now)
                 peer.recovered_at = now + duration
                 self._changed(peer, f"ejected for {duration:.0f}s: failure rate over the window")
+
+    def fade_latencies(self, now: float) -> None:
+        """Called a few times a second (the worker's watchdog): the latency average of a peer
+        that has not answered for a while halves every _EWMA_HALF_LIFE seconds. Kept off the
+        request path so that picking a peer reads no clock."""
+        last, self._faded_at = self._faded_at, now
+        if not last:
+            return
+        factor = 0.5 ** ((now - last) / _EWMA_HALF_LIFE)
+        for peer in self.peers:
+            if peer._answered:
+                peer._answered = False
+                peer._quiet_since = now
+            elif peer.ewma and now - peer._quiet_since > _EWMA_FADE_AFTER:
+                peer.ewma *= factor
 
     def retry_after(self, peer: Peer, seconds: float) -> None:
         peer.retry_after_until = self.clock() + min(seconds, 300.0)

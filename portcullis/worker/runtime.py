@@ -91,6 +91,12 @@ class Runtime:
         # from 16**9 on, the counter has 10 hex digits without padding (for the next 2**40 requests)
         self._ids = itertools.count(16**9)
         self.connections: set[ClientConnection] = set()
+        self._latency_tracking = [group for group in upstreams.values() if group.tracks_latency]
+
+    def tick(self, now: float) -> None:
+        """The watchdog's periodic upkeep for this configuration."""
+        for group in self._latency_tracking:
+            group.fade_latencies(now)
 
     def next_request_id(self) -> str:
         return self._id_prefix + hex(next(self._ids))[2:]

@@ -53,6 +53,7 @@ class Worker:
     async def start(self, generation: int = 0) -> None:
         loop = asyncio.get_running_loop()
         self.watchdog = Watchdog(loop)
+        self.watchdog.on_tick = self._tick
         self.watchdog.start()
         self.runtime = build_runtime(self.config, self.services, self.watchdog, generation)
         await self._start_filters(self.runtime)
@@ -160,6 +161,10 @@ class Worker:
                 await flt.close()
             except Exception:
                 log.exception("closing a filter failed")
+
+    def _tick(self, now: float) -> None:
+        if self.runtime is not None:
+            self.runtime.tick(now)
 
     async def swap(self, config: Config, generation: int) -> None:
         """Provision the new runtime completely, then let new connections use it."""

@@ -358,14 +358,36 @@ def test_p2c_gives_a_peer_that_was_slow_once_another_chance_later() -> None:
     group = make_group(clock, balance="p2c_ewma",
                        peers=[{"url": "http://10.0.0.1:80"}, {"url": "http://10.0.0.2:80"}])  # fmt: skip
     a, b = group.peers
+    group.fade_latencies(clock.now)  # the worker's watchdog calls this a few times a second
     group.record(a, True, 1.0)  # one slow answer (a GC pause, a cold cache ...)
     group.record(b, True, 0.010)
-    clock.advance(60.0)
+    for _ in range(240):  # a minute
+        clock.advance(0.25)
+        group.fade_latencies(clock.now)
+    assert a.ewma == pytest.approx(1.0 * 0.5 ** ((60.0 - 0.5) / 10.0), rel=0.02)  # halved every 10 s once quiet
     picked: Counter[str] = Counter()
     for _ in range(300):  # one request at a time, for a long while
         peer = group.select(ctx())
         assert peer is not None
         picked[peer.label] += 1
         group.record(peer, True, 0.010)  # whoever answers is fast now
-        clock.advance(1.0)
+        for _ in range(4):
+            clock.advance(0.25)
+            group.fade_latencies(clock.now)
     assert picked[a.label] > 0, picked
+
+
+def test_a_peer_that_keeps_answering_keeps_its_latency_average() -> None:
+    clock = Clock()
+    group = make_group(clock, balance="p2c_ewma",
+                       peers=[{"url": "http://10.0.0.1:80"}, {"url": "http://10.0.0.2:80"}])  # fmt: skip
+    a, b = group.peers
+    group.fade_latencies(clock.now)
+    group.record(a, True, 0.200)
+    group.record(b, True, 0.200)
+    for _ in range(40):  # ten seconds: `a` answers every tick, `b` never again
+        clock.advance(0.25)
+        group.record(a, True, 0.200)
+        group.fade_latencies(clock.now)
+    assert a.ewma == pytest.approx(0.200)
+    assert b.ewma < 0.200 * 0.6
