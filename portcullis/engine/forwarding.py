@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, TypeVar
 
@@ -40,8 +41,8 @@ def connection_tokens(value: bytes | None) -> frozenset[bytes]:
 # (_XFF to _FWD, the forwarding family, are consecutive: a range test finds them)
 _KEEP, _DROP, _XFF, _XFP, _XFH, _FWD, _TE, _CL, _CONN, _RID = range(10)
 # one table per request id header name (it is configurable), per direction
-_REQUEST_CODES: dict[bytes, dict[bytes, int]] = {}
-_RESPONSE_CODES: dict[bytes, dict[bytes, int]] = {}
+_REQUEST_CODES: defaultdict[bytes, dict[bytes, int]] = defaultdict(dict)
+_RESPONSE_CODES: defaultdict[bytes, dict[bytes, int]] = defaultdict(dict)
 _CODES_MAX = 2048
 _BY_NAME: Final = {
     b"x-forwarded-for": _XFF, b"x-forwarded-proto": _XFP, b"x-forwarded-host": _XFH, b"forwarded": _FWD,
@@ -157,9 +158,7 @@ def upstream_request_head(
     rid_lower = request_id_lower or request_id_header.lower()
     conn = ctx.connection
     named = connection_tokens(conn) if conn is not None else _NO_TOKENS
-    codes = _REQUEST_CODES.get(rid_lower)
-    if codes is None:
-        codes = _REQUEST_CODES[rid_lower] = {}
+    codes = _REQUEST_CODES[rid_lower]
     incoming: list[tuple[int, bytes]] | None = None  # forwarding fields a trusted proxy sent
     method = _METHODS.get(ctx.method)
     if method is None:
@@ -203,9 +202,7 @@ def upstream_request_fields(
     (this proxy takes trailers: gRPC needs them) and the Content-Length of a body that has one."""
     conn = ctx.connection
     named = connection_tokens(conn) if conn is not None else _NO_TOKENS
-    codes = _REQUEST_CODES.get(request_id_lower)
-    if codes is None:
-        codes = _REQUEST_CODES[request_id_lower] = {}
+    codes = _REQUEST_CODES[request_id_lower]
     incoming: list[tuple[int, bytes]] | None = None  # forwarding fields a trusted proxy sent
     authority: bytes | None = None
     fields: Headers = []
@@ -256,9 +253,7 @@ def response_headers(headers: Headers, request_id_lower: bytes) -> UpstreamHead:
     length: int | None = None
     chunked = has_rid = False
     conn_value: bytes | None = None
-    codes = _RESPONSE_CODES.get(request_id_lower)
-    if codes is None:
-        codes = _RESPONSE_CODES[request_id_lower] = {}
+    codes = _RESPONSE_CODES[request_id_lower]
     for name, value in headers:
         code = codes.get(name)
         if code is None:
@@ -293,9 +288,7 @@ def forward_response_fields(headers: Headers, request_id_lower: bytes, lines: li
     appended to `lines` as wire bytes. Returns the Content-Length and the flags above."""
     length: int | None = None
     flags = 0
-    codes = _RESPONSE_CODES.get(request_id_lower)
-    if codes is None:
-        codes = _RESPONSE_CODES[request_id_lower] = {}
+    codes = _RESPONSE_CODES[request_id_lower]
     for name, value in headers:
         code = codes.get(name)
         if code is None:
