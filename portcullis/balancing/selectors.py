@@ -101,11 +101,9 @@ class LeastConn(Selector):
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         # one pass; among equal loads, the k-th tie replaces the choice with probability 1/k
         # (reservoir sampling), which leaves each tied peer equally likely
-        rnd = self.rng.random
         best: Candidate | None = None
         least = math.inf
         ties = 0
-        fixed = self.fixed_weights
         everyone = eligible is _everyone
         if everyone and self.equal_weights:
             for peer in self.peers:
@@ -114,9 +112,10 @@ class LeastConn(Selector):
                     best, least, ties = peer, active, 1
                 elif active == least:
                     ties += 1
-                    if rnd() * ties < 1.0:
+                    if self.rng.random() * ties < 1.0:
                         best = peer
             return best
+        fixed = self.fixed_weights
         for index, peer in enumerate(self.peers):
             if not everyone and not eligible(peer):
                 continue
@@ -125,7 +124,7 @@ class LeastConn(Selector):
                 best, least, ties = peer, load, 1
             elif load == least:
                 ties += 1
-                if rnd() * ties < 1.0:
+                if self.rng.random() * ties < 1.0:
                     best = peer
         return best
 
@@ -149,9 +148,14 @@ class RandomChoice(Selector):
         return self.rng.choices(pool, weights=[p.weight for p in pool])[0]
 
 
+_PAIRS_UP_TO = 64  # peers; 4,032 ordered pairs at most
+
+
 class P2CEwma(Selector):
     """Power of two choices on a moving average of latency times outstanding requests
     (as Linkerd and Envoy do): two random peers, the one with the lower cost wins."""
+
+    _pairs: list[tuple[Candidate, Candidate]] | None = None
 
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         if eligible is _everyone:
@@ -161,19 +165,21 @@ class P2CEwma(Selector):
         n = len(pool)
         if n <= 1:
             return pool[0] if pool else None
+        if pool is self.peers and n <= _PAIRS_UP_TO:
+            # two distinct peers at random: one of the ordered pairs, listed once
+            pairs = self._pairs
+            if pairs is None:
+                pairs = self._pairs = [(x, y) for x in pool for y in pool if x is not y]
+            a, b = pairs[int(self.rng.random() * len(pairs))]
+            if self.equal_weights:
+                return a if (a.ewma + 1e-4) * (a.active + 1) <= (b.ewma + 1e-4) * (b.active + 1) else b
+            return a if _cost(a) <= _cost(b) else b
         # two distinct peers at random, from one draw: an ordered pair of the n * (n - 1)
         i, j = divmod(int(self.rng.random() * n * (n - 1)), n - 1)
         if j >= i:
             j += 1
         a, b = pool[i], pool[j]
-        fixed = self.fixed_weights if eligible is _everyone else None
-        if fixed is None:
-            return a if _cost(a) <= _cost(b) else b
-        if self.equal_weights:
-            return a if (a.ewma + 1e-4) * (a.active + 1) <= (b.ewma + 1e-4) * (b.active + 1) else b
-        # the cost of _cost, without reading each weight again
-        cost_a = (a.ewma + 1e-4) * (a.active + 1) / fixed[i]
-        return a if cost_a <= (b.ewma + 1e-4) * (b.active + 1) / fixed[j] else b
+        return a if _cost(a) <= _cost(b) else b
 
 
 def _cost(peer: Candidate) -> float:

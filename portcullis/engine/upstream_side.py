@@ -138,7 +138,8 @@ class UpstreamSide:
         group = self._group
         assert group is not None
         tried = self._tried
-        peer = group.peers[0] if group.trivial and not tried else group.select(self.ctx, tried)
+        quick = group.quick
+        peer = quick() if quick is not None and not tried else group.select(self.ctx, tried)
         if peer is None:
             if group.at_capacity():
                 self._task = asyncio.get_running_loop().create_task(self._wait_for_room())

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from portcullis.balancing.health import Breaker, BreakerPolicy, Outlier, OutlierPolicy, RetryBudget
-from portcullis.balancing.selectors import SELECTORS, Selector
+from portcullis.balancing.selectors import SELECTORS, RoundRobin, Selector
 from portcullis.config.schema import Upstream as UpstreamConfig
 from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
@@ -189,6 +190,20 @@ class UpstreamGroup:
         if not self.slow_start:
             # weights never change: selectors may read them once
             self.selector.fix_weights([float(p.base_weight) for p in self.primaries])
+        self._quick = self._quick_pick()
+        self.quick: Callable[[], Peer | None] | None = self._quick
+        """A request's first try takes its peer from this when it is set: the group needs nothing from
+        the request and nothing can take a peer out of service (None while a Retry-After holds)."""
+
+    def _quick_pick(self) -> Callable[[], Peer | None] | None:
+        # the selector's own pick, or an iterator that runs in C where it gives the same order
+        if self.trivial:
+            return itertools.repeat(self.peers[0]).__next__
+        if not self.plain:
+            return None
+        if isinstance(self.selector, RoundRobin) and self.selector.equal_weights:
+            return itertools.cycle(self.primaries).__next__  # equal weights: the peers in turn
+        return self.selector.pick  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ selection
     def available(self, peer: Peer, now: float) -> bool:
@@ -206,6 +221,8 @@ class UpstreamGroup:
             return self.peers[0]
         if self.plain and not tried and (not self._retry_after_until or self.clock() >= self._retry_after_until):
             # nothing can take a peer out of service and no key is needed: no per-peer checks
+            self._retry_after_until = 0.0
+            self.quick = self._quick  # (a Retry-After that held has run out)
             return self.selector.pick()  # type: ignore[return-value]
         now = self.clock()
         if self.sticky is not None and not tried:
@@ -308,6 +325,7 @@ class UpstreamGroup:
     def retry_after(self, peer: Peer, seconds: float) -> None:
         peer.retry_after_until = self.clock() + min(seconds, 300.0)
         self._retry_after_until = max(self._retry_after_until, peer.retry_after_until)
+        self.quick = None  # until it has run out, selection checks each peer
 
     def set_active_health(self, peer: Peer, ok: bool, reason: str) -> None:
         """From the master's active checks."""
@@ -315,6 +333,7 @@ class UpstreamGroup:
             peer.active_ok = ok
             if not ok:
                 self.simple = self.plain = False
+                self.quick = self._quick = None
             peer.reason = reason
             if ok:
                 peer.recovered_at = self.clock()

@@ -179,6 +179,55 @@ def test_retry_after_keeps_a_peer_out_for_that_long() -> None:
     assert a in [group.select(ctx()) for _ in range(30)]
 
 
+def first_try(group: UpstreamGroup) -> Peer | None:
+    """How the engine picks the peer of a request's first try (engine/upstream_side.py)."""
+    quick = group.quick
+    return quick() if quick is not None else group.select(ctx())
+
+
+@pytest.mark.parametrize("balance", ["round_robin", "least_conn", "random", "p2c_ewma"])
+def test_first_tries_spread_over_every_peer(balance: str) -> None:
+    group = make_group(balance=balance)
+    assert group.quick is not None  # nothing can take a peer out of service: no per-peer checks
+    picked = Counter(first_try(group) for _ in range(300))
+    assert set(picked) == set(group.peers)
+    if balance == "round_robin":
+        assert set(picked.values()) == {100}
+
+
+def test_first_tries_follow_weights_and_a_single_peer() -> None:
+    group = make_group(peers=[{"url": "http://10.0.0.1:80", "weight": 3}, {"url": "http://10.0.0.2:80"}])
+    picked = Counter(p.label for p in (first_try(group) for _ in range(40)) if p is not None)
+    assert picked == {"10.0.0.1:80": 30, "10.0.0.2:80": 10}
+    single = make_group(peers=[{"url": "http://10.0.0.1:80"}])
+    assert {first_try(single) for _ in range(5)} == {single.peers[0]}
+
+
+def test_a_retry_after_suspends_the_quick_pick_until_it_runs_out() -> None:
+    clock = Clock()
+    group = make_group(clock)
+    a, _b, _c = group.peers
+    group.retry_after(a, 5)
+    assert group.quick is None
+    assert a not in [first_try(group) for _ in range(30)]
+    clock.advance(5.0)
+    assert a in [first_try(group) for _ in range(30)]
+    assert group.quick is not None
+
+
+def test_a_peer_marked_down_ends_the_quick_pick() -> None:
+    group = make_group()
+    a, _b, _c = group.peers
+    group.set_active_health(a, False, "health check failed")
+    assert group.quick is None
+    assert a not in [first_try(group) for _ in range(30)]
+
+
+def test_keyed_and_guarded_groups_have_no_quick_pick() -> None:
+    assert make_group(balance="consistent_hash", hash_key="header:X-User").quick is None
+    assert make_group(breaker={"failures": 3, "open_for": "10s"}).quick is None
+
+
 # ============================================================================ sticky sessions
 
 

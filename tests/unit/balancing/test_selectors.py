@@ -148,6 +148,21 @@ def test_least_conn_with_fixed_equal_weights_picks_the_least_and_breaks_ties_at_
     assert all(p is ps[2] for p in picks(lc, 20))
 
 
+@pytest.mark.parametrize("n", [3, 8])
+def test_least_conn_ties_among_scattered_peers_are_even(n: int) -> None:
+    """Reservoir sampling over the tied peers: each wins about equally often, wherever it stands."""
+    ps = peers(*[1] * n)
+    lc = LeastConn(ps, random.Random(9))
+    lc.fix_weights([1.0] * n)
+    tied = [ps[0], ps[-1]] if n == 3 else [ps[1], ps[4], ps[6]]
+    for p in ps:
+        p.active = 0 if p in tied else 2
+    counts = Counter(id(p) for p in picks(lc, 9000))
+    assert set(counts) == {id(p) for p in tied}
+    for p in tied:
+        assert abs(counts[id(p)] / 9000 - 1 / len(tied)) < 0.05, counts
+
+
 def test_least_conn_follows_the_load_as_requests_start() -> None:
     """Picking and then counting the request in flight spreads N*k requests k per peer."""
     ps = peers(1, 1, 1, 1)
@@ -212,6 +227,20 @@ def test_p2c_strongly_avoids_one_slow_peer_among_many(seed: int) -> None:
     for p in ps:
         if p is not slow:
             assert 0.2 < counts[id(p)] / 10000 < 0.3
+
+
+@pytest.mark.parametrize(("n", "fixed"), [(6, True), (6, False), (70, True)])
+def test_p2c_draws_every_pair_with_many_peers(n: int, fixed: bool) -> None:
+    """Pairs listed once (up to 64 peers) and drawn from one number beyond: the slowest peer never
+    wins, every other peer does."""
+    ps = [FakePeer(f"p{i}", ewma=0.010) for i in range(n)]
+    ps[n // 2].ewma = 0.500
+    p2c = P2CEwma(ps, random.Random(4))
+    if fixed:
+        p2c.fix_weights([1.0] * n)
+    counts = Counter(id(p) for p in picks(p2c, 200 * n))
+    assert id(ps[n // 2]) not in counts
+    assert len(counts) == n - 1
 
 
 def test_p2c_weighs_latency_against_outstanding_requests() -> None:
