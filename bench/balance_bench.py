@@ -343,7 +343,8 @@ def selection_us(balance: str | None, peers: int = PEERS, n: int = 20000) -> flo
     headers = [(b"Host", b"bench"), (b"User-Agent", b"wrk"), (b"X-User", b"bench-user")]
     ctx = RequestContext("GET", b"/small", headers, "1.1", "bench", HOST, 40000, "http", "web", 0.0)
 
-    learns = (group.tracks_latency or not group.simple) and not group.trivial
+    records = not group.simple and not group.trivial  # outcomes for a breaker or ejection
+    averages = group.simple and group.tracks_latency  # only the latency average
 
     def requests() -> None:
         for _ in range(n):
@@ -352,8 +353,10 @@ def selection_us(balance: str | None, peers: int = PEERS, n: int = 20000) -> flo
             assert peer is not None
             peer.active += 1
             peer.active -= 1
-            if learns:
+            if records:
                 group.record(peer, True, 0.0005)
+            elif averages:
+                peer.observe_latency(0.0005)
 
     return min(timeit.repeat(requests, number=1, repeat=7)) / n * 1e6
 

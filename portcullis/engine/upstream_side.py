@@ -183,8 +183,12 @@ class UpstreamSide:
             assert peer is not None and group is not None
             peer.active -= 1
             # only a latency average, a breaker or ejection learns from an outcome
-            if ok is not None and (group.tracks_latency or not group.simple) and not group.trivial:
+            if ok is None or group.trivial:
+                return
+            if not group.simple:
                 group.record(peer, ok, self.ctx.upstream_time if ok else None)
+            elif ok and group.tracks_latency and self.ctx.upstream_time is not None:
+                peer.observe_latency(self.ctx.upstream_time)  # all that a simple group learns
 
     async def _connect(self) -> None:
         peer, group = self._peer, self._group

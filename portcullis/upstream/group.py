@@ -224,6 +224,9 @@ class UpstreamGroup:
             self._retry_after_until = 0.0
             self.quick = self._quick  # (a Retry-After that held has run out)
             return self.selector.pick()  # type: ignore[return-value]
+        if self.simple and self.sticky is None and not tried and not self._retry_after_until:
+            # nothing can take a peer out of service: the key alone decides, no clock needed
+            return self.selector.pick(self._hash_input(ctx))  # type: ignore[return-value]
         now = self.clock()
         if self.sticky is not None and not tried:
             pinned = self.sticky_peer(ctx)
