@@ -157,7 +157,8 @@ def upstream_request_head(
     """The request head sent to the peer. `framing` is the body framing line(s) to add."""
     rid_lower = request_id_lower or request_id_header.lower()
     conn = ctx.connection
-    named = connection_tokens(conn) if conn is not None else _NO_TOKENS
+    # (the usual "close" and "keep-alive" need no call)
+    named = _NO_TOKENS if conn is None or conn in _PLAIN_CONNECTION else connection_tokens(conn)
     codes = _REQUEST_CODES[rid_lower]
     incoming: list[tuple[int, bytes]] | None = None  # forwarding fields a trusted proxy sent
     method = _METHODS.get(ctx.method)

@@ -25,7 +25,8 @@ class Watchdog:
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.now = loop.time()
-        self._watched: set[Timed] = set()
+        self.watched: set[Timed] = set()
+        """Everything with a deadline; `watch` and `unwatch`, or add and discard directly on a hot path."""
         self._handle: asyncio.TimerHandle | None = None
         self.on_tick: Callable[[float], None] | None = None
         """Periodic upkeep that must stay off the request path, called with the time of each tick."""
@@ -39,14 +40,14 @@ class Watchdog:
             self._handle = None
 
     def watch(self, item: Timed) -> None:
-        self._watched.add(item)
+        self.watched.add(item)
 
     def unwatch(self, item: Timed) -> None:
-        self._watched.discard(item)
+        self.watched.discard(item)
 
     def _tick(self) -> None:
         self.now = now = self.loop.time()
-        expired = [item for item in self._watched if 0 < item.deadline <= now]
+        expired = [item for item in self.watched if 0 < item.deadline <= now]
         for item in expired:
             item.deadline = 0.0
             try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from portcullis.engine.context import RequestContext
 from portcullis.engine.errors import ErrorKind, ProxyError, reason_phrase, render_error
@@ -89,12 +89,13 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        # uvloop's transports are not asyncio.Transport subclasses (and typing.cast would be one more call)
+        self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client_ip, self.client_port = peer[0], peer[1]
         runtime = self._runtime
-        self.trusted = runtime.is_trusted(self.client_ip)
+        self.trusted = runtime.trusts_proxies and runtime.is_trusted(self.client_ip)
         self.deadline = runtime.watchdog.now + runtime.client_header_timeout
         runtime.connection_opened(self)
 
@@ -397,7 +398,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         if self._closing:
             return
         self._closing = True
-        self.stop_parsing()
+        self._stopped = True  # no more parsing
         self.deadline = 0.0
         if self.transport is not None:
             self.transport.close()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 import httptools
 
@@ -64,7 +64,8 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+        # uvloop's transports are not asyncio.Transport subclasses (and typing.cast would be one more call)
+        self.transport = transport  # type: ignore[assignment]
         self.watchdog.watch(self)
 
     def data_received(self, data: bytes) -> None:

@@ -86,6 +86,8 @@ class Runtime:
         )
         self.max_body = server.limits.max_body
         self._trusted = tuple(ipaddress.ip_network(c) for c in server.trusted_proxies)
+        self.trusts_proxies = bool(self._trusted)
+        self._watched = watchdog.watched  # (one call less per connection than watchdog.watch)
         # request ids: a random per-process prefix and a counter are unique and cost no syscall
         self._id_prefix = os.urandom(6).hex()
         # from 16**9 on, the counter has 10 hex digits without padding (for the next 2**40 requests)
@@ -114,12 +116,12 @@ class Runtime:
     def connection_opened(self, conn: ClientConnection) -> None:
         """Counted, and its deadline watched, until `connection_closed`."""
         self.connections.add(conn)
-        self.watchdog.watch(conn)
+        self._watched.add(conn)
         self.stats.connections_total += 1
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
-        self.watchdog.unwatch(conn)
+        self._watched.discard(conn)
 
     def close_idle_connections(self) -> int:
         """Close every client connection that is between requests; the number still busy."""
