@@ -5,9 +5,11 @@ from __future__ import annotations
 import operator
 
 from portcullis.features.waf.actions import Ctl
+from portcullis.features.waf.cache import Budget
 from portcullis.features.waf.fold import Plan, fold, group
 from portcullis.features.waf.gate import hits, phase_hits, through
 from portcullis.features.waf.ruleset import Rule, RuleSet, _id_ranges
+from portcullis.features.waf.screens import none_can_match
 from portcullis.features.waf.seclang import TargetSpec, parse_targets
 from portcullis.features.waf.transaction import Match, Transaction
 
@@ -16,13 +18,24 @@ _DIGITS = tuple(str(d) for d in range(10))
 _MISS: list[str] = []  # not in an operator cache (a cached result is a list or None)
 
 
-def _multimatch_values(rule: Rule, value: str) -> list[str]:
+def _multimatch_values(rule: Rule, value: str, budget: Budget) -> tuple[str, ...]:
+    """The value, then each different output of the rule's transformations (cached per rule)."""
+    cache = rule.stages
+    if cache is not None:
+        found = cache.get(value)
+        if found is not None:
+            return found
     values = [value]
     for fn in rule.transforms:
         nxt = fn(values[-1])
         if nxt != values[-1]:
             values.append(nxt)
-    return values
+    out = tuple(values)  # a tuple of str: the collector stops walking it
+    if cache is not None:
+        cache[value] = out
+        budget.chars += sum([len(v) for v in values])
+        budget.entries += 1
+    return out
 
 
 def _memo_fails(txn: Transaction, head: Rule) -> bool:
@@ -96,7 +109,7 @@ class Evaluator:
         plan = (self.folded.plans if folded else self.plans).get(phase)
         if plan is None:
             return
-        rules, nexts, jumps, groups = plan.rules, plan.nexts, plan.jumps, plan.groups
+        rules, nexts, jumps, groups, runs = plan.rules, plan.nexts, plan.jumps, plan.groups, plan.runs
         # a rule whose first link fails leaves nothing a later rule reads (fold.Folded.reads_matched)
         quick = folded and not self.folded.reads_matched
         gate = -1  # the phase's prefilter hits (a bit set), once needed
@@ -146,6 +159,10 @@ class Evaluator:
             if entry.gate and replay_end < 0:  # a replayed rule's first link matched: no need
                 if gate < 0:
                     gate = phase_hits(txn, self.ruleset, phase)
+                run = runs[here] if runs else None
+                if run is not None and not gate & run[0] and not txn.removing:
+                    i = run[1]  # nor of the gated rules after it
+                    continue
                 if not gate >> entry.prefilter & 1:
                     continue  # no value of any collection it reads hit its pattern
             if quick and entry.memo is not None and _memo_fails(txn, entry):
@@ -292,50 +309,70 @@ class Evaluator:
         dbs = link.scan_dbs if pattern >= 0 else ()
         pipeline = link.pipeline
         plain = not link.transforms
+        tcache = None if plain else ruleset.transform_cache[pipeline]
         multimatch = link.multimatch
         cache = link.op_cache
+        screen = link.screen
+        budget = ruleset.budget
         matched = False
         for index, pairs in enumerate(values):
             found = False
+            if screen is not None and pairs and none_can_match(screen, pairs):
+                pairs = ()  # no value of this target can match: as if each failed
             db = dbs[index] if dbs else -1
-            for name, raw in pairs:
-                if multimatch:
-                    candidates = _multimatch_values(link, raw)
-                else:
-                    candidates = [raw if plain else through(ruleset, pipeline, raw)]
-                for value in candidates:
-                    if db >= 0 and not hits(ruleset, db, value) >> pattern & 1:
-                        continue  # the prefilter rules the pattern out for this value
-                    if cache is None:
-                        caps = op(value, expand)
+            if cache is not None and db < 0 and not multimatch:
+                # the common case, in fewer steps: one value per item, a cached operator
+                for name, raw in pairs:
+                    value = raw if tcache is None else (tcache.get(raw) or through(ruleset, pipeline, raw))
+                    caps = cache.get(value, _MISS)
+                    if caps is _MISS:
+                        caps = cache[value] = op(value, expand)
+                        budget.chars += len(value)
+                        budget.entries += 1
+                    if (caps is not None) != negated:
+                        found = True
+                        self._hit(txn, link, name, value, caps)
+            else:
+                for name, raw in pairs:
+                    if multimatch:
+                        candidates = _multimatch_values(link, raw, budget)
                     else:
-                        caps = cache.get(value, _MISS)
-                        if caps is _MISS:
-                            caps = cache[value] = op(value, expand)
-                            budget = ruleset.budget
-                            budget.chars += len(value)
-                            budget.entries += 1
-                    if (caps is not None) == negated:
-                        continue
-                    found = True
-                    txn.matched_var, txn.matched_var_name = value, name
-                    txn.matched_text = caps[0] if caps else value
-                    txn.matched_vars.append((name, value))
-                    if caps and link.capture:
-                        tx = txn.tx
-                        for digit, cap in enumerate(caps[:10]):
-                            tx[_DIGITS[digit]] = cap
-                    # as in ModSecurity, non-disruptive actions run for every matched variable,
-                    # as it matches (a chained rule may read what its head's setvar wrote)
-                    if link.setvar_ops or link.ctl_ops:
-                        self._actions(txn, link)
-                    break
+                        candidates = (raw if plain else through(ruleset, pipeline, raw),)
+                    for value in candidates:
+                        if db >= 0 and not hits(ruleset, db, value) >> pattern & 1:
+                            continue  # the prefilter rules the pattern out for this value
+                        if cache is None:
+                            caps = op(value, expand)
+                        else:
+                            caps = cache.get(value, _MISS)
+                            if caps is _MISS:
+                                caps = cache[value] = op(value, expand)
+                                budget.chars += len(value)
+                                budget.entries += 1
+                        if (caps is not None) != negated:
+                            found = True
+                            self._hit(txn, link, name, value, caps)
+                            break
             if found:
                 matched = True
             elif keys is not None and memo is not None and keys[index] >= 0:
                 memo[keys[index]] = True
-                ruleset.budget.entries += 1
+                budget.entries += 1
         return matched
+
+    def _hit(self, txn: Transaction, link: Rule, name: str, value: str, caps: list[str] | None) -> None:
+        """A value matched: the matched variables, captures, and the link's actions."""
+        txn.matched_var, txn.matched_var_name = value, name
+        txn.matched_text = caps[0] if caps else value
+        txn.matched_vars.append((name, value))
+        if caps and link.capture:
+            tx = txn.tx
+            for digit, cap in enumerate(caps[:10]):
+                tx[_DIGITS[digit]] = cap
+        # as in ModSecurity, non-disruptive actions run for every matched variable, as it
+        # matches (a chained rule may read what its head's setvar wrote)
+        if link.setvar_ops or link.ctl_ops:
+            self._actions(txn, link)
 
     def _actions(self, txn: Transaction, link: Rule) -> None:
         for setvar in link.setvar_ops:

@@ -54,12 +54,15 @@ class Group:
 @dataclass
 class Plan:
     """A phase's rules; after rule i comes `nexts[i]`, or `jumps[i]` when it matched (-1: none).
-    `groups[i]`: the group that starts at rule i, if any."""
+    `groups[i]`: the group that starts at rule i, if any. `runs[i]`: for a gated rule followed
+    by more, the pattern ids (bits) of it and the gated rules after it, and the first rule past
+    them: when none of those patterns hit, the whole run is skipped at once."""
 
     rules: list[Rule]
     nexts: list[int]
     jumps: list[int]
     groups: list[Group | None] = field(default_factory=list)
+    runs: list[tuple[int, int] | None] = field(default_factory=list)
 
 
 def group(plan: Plan, budget: Budget, reads_matched: bool) -> None:
@@ -92,6 +95,23 @@ def group(plan: Plan, budget: Budget, reads_matched: bool) -> None:
             i = j
         else:
             i += 1
+    plan.runs = _runs(plan)
+
+
+def _runs(plan: Plan) -> list[tuple[int, int] | None]:
+    """Runs of gated rules (`Plan.runs`), along `nexts`. A run goes on through no group's start
+    or end: the loop stops there to replay or record the group."""
+    n = len(plan.rules)
+    stops = {i for i, grp in enumerate(plan.groups) if grp is not None}
+    stops |= {grp.end for grp in plan.groups if grp is not None}
+    runs: list[tuple[int, int] | None] = [None] * n
+    for i in range(n - 1, -1, -1):
+        nxt = plan.nexts[i]
+        if not plan.rules[i].gate or nxt >= n or nxt in stops or not plan.rules[nxt].gate:
+            continue
+        after = runs[nxt] or (1 << plan.rules[nxt].prefilter, plan.nexts[nxt])
+        runs[i] = (after[0] | 1 << plan.rules[i].prefilter, after[1])
+    return runs
 
 
 @dataclass

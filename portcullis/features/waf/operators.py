@@ -342,6 +342,7 @@ class ValidateByteRange(Operator):
                 raise OperatorError(f"@validateByteRange: bad range {part!r}")
             allowed.update(range(a, b + 1))
         bad = "".join(chr(c) for c in range(256) if c not in allowed)
+        self.bad_chars = bad  # what makes it match (screens.py)
         self.bad = re.compile("[" + re.escape(bad) + "]") if bad else None
 
     def __call__(self, value: str, expand: Expander) -> Captures:

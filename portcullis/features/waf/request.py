@@ -52,20 +52,28 @@ BODY_MADE = frozenset(
 HEADERS_MADE = frozenset({"REQUEST_HEADERS", "REQUEST_HEADERS_NAMES", "REQUEST_COOKIES", "REQUEST_COOKIES_NAMES"})
 
 
+# parts of the request line that stay when the query string changes: numbered by their own
+# value, so what a rule found in them holds for requests with new argument values
+OWN_NUMBER = frozenset({"REQUEST_METHOD", "REQUEST_PROTOCOL", "REQUEST_FILENAME", "REQUEST_BASENAME"})
+
+
 def source(collection: str) -> str:
     """What a collection's content is numbered by: "headers" the headers, "" the rest of the
-    head, or itself (what the body processor made: argument names stay when values change)."""
+    head (`OWN_NUMBER`: itself), or itself (what the body processor made: argument names stay
+    when values change)."""
     if collection in HEADERS_MADE:
         return "headers"
-    if collection in HEAD_MADE:
+    if collection in HEAD_MADE and collection not in OWN_NUMBER:
         return ""
     return collection
 
 
 def coarse_source(collection: str) -> str:
     """As `source`, with what the body processor made numbered as a whole ("body": head and
-    body): one number for many collections, cheaper to find when whole requests repeat."""
-    return "body" if collection in BODY_MADE else source(collection)
+    body), and the head as a whole: fewer numbers to find when whole requests repeat."""
+    if collection in BODY_MADE:
+        return "body"
+    return "" if collection in OWN_NUMBER else source(collection)
 
 
 def head_key(req: HttpRequest) -> tuple[tuple[str, str], ...]:

@@ -13,6 +13,7 @@ from portcullis.features.waf.actions import Ctl, SetVar, Template, template
 from portcullis.features.waf.cache import Budget, Shared
 from portcullis.features.waf.operators import Operator, OperatorError, compile_operator, guard_regex
 from portcullis.features.waf.request import source
+from portcullis.features.waf.screens import Screen, screen_of
 from portcullis.features.waf.seclang import (
     Directive,
     RuleSpec,
@@ -76,6 +77,7 @@ class Rule:
     ctl_ops: tuple[Ctl, ...] = ()
     msg_template: Template = field(default_factory=lambda: template(""))
     op_cache: dict[str, list[str] | None] | None = None  # value -> the operator's result, when pure
+    stages: dict[str, tuple[str, ...]] | None = None  # multiMatch: value -> what it tries (engine.py)
     # for each target, the numbers (cache.Numbers) of the sources (request.source) in whose values
     # it found nothing (number * targets + index), when that depends on them alone (request data,
     # a pure operator)
@@ -88,6 +90,7 @@ class Rule:
     fast_multi: tuple[tuple[str, str, int], ...] = ()  # `(&)TX:a|(&)TX:b "@op N"`: one per target
     gate: bool = False  # prefiltered on static targets: skipped unless its pattern hit a phase-wide scan
     quiet: bool = False  # fails without a trace when it does not match (fold.group)
+    screen: Screen | None = None  # clears a target's values at once (screens.py)
 
 
 @dataclass(slots=True)
@@ -329,6 +332,7 @@ class _Compiler:
         rule.setvar_ops = tuple(SetVar(v) for v in setvars)
         rule.ctl_ops = tuple(Ctl(c) for c in ctls)
         rule.msg_template = template(msg)
+        rule.screen = screen_of(operator, spec.operator_negated, funcs)
         arg = spec.operator_arg.strip()
         if (
             targets
@@ -409,6 +413,7 @@ def attach_caches(link: Rule, budget: Budget) -> None:
     data alone (the caches are shared by transactions, under the rule set's budget)."""
     link.op_cache = link.memo = None
     link.memo_collections = ()
+    link.stages = budget.table({}) if link.multimatch and link.transforms else None
     if link.operator.pure:
         link.op_cache = budget.table({})
         if link.selectors and all(sel.slot >= 0 for sel in link.selectors) and not link.is_action:

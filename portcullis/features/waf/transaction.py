@@ -8,14 +8,14 @@ from dataclasses import dataclass
 from portcullis.features.waf import bodies
 from portcullis.features.waf.actions import SetVar, template
 from portcullis.features.waf.cache import Shared
-from portcullis.features.waf.request import HttpRequest, header
+from portcullis.features.waf.request import OWN_NUMBER, HttpRequest, header
 
 __all__ = ["HttpRequest", "Match", "Pairs", "Transaction"]
 from portcullis.features.waf.seclang import TargetSpec
 from portcullis.features.waf.variables import Selected, Selector
 
 Pairs = list[tuple[str, str]]
-_KEPT = ("", "headers", "body")
+_KEPT = ("", "headers", "body", *sorted(OWN_NUMBER))  # what new request data leaves as it was
 
 
 @dataclass(slots=True)
