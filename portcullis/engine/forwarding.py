@@ -184,7 +184,10 @@ def upstream_request_head(
             if incoming is None:
                 incoming = []
             incoming.append((code, value))
-    fields = _forwarding(_FORWARDING, _forwarding_fields, ctx, host, incoming)
+    # the memo looked up here first: one call less on the usual path
+    fields = _FORWARDING.get((ctx.client_ip, host, ctx.scheme)) if incoming is None else None
+    if fields is None:
+        fields = _forwarding(_FORWARDING, _forwarding_fields, ctx, host, incoming)
     lines += (fields, request_id_header, b": ", ctx.request_id.encode(), b"\r\n")
     if upgrade is not None:
         lines += (b"Connection: upgrade\r\nUpgrade: ", upgrade, b"\r\n")

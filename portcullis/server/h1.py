@@ -162,7 +162,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         runtime = self._runtime
         listener = self._listener
         ctx = RequestContext(
-            head.method, head.target, head.headers, head.version, self._host_name(head.host),
+            head.method, head.target, head.headers, head.version,
+            host_name(head.host) if head.host else listener.host,  # (_host_name, one call less)
             self.client_ip, self.client_port, listener.scheme, listener.name, runtime.clock(),
             head.host, head.connection, head.request_id,
         )  # fmt: skip
