@@ -87,6 +87,11 @@ class Case:
         return statistics.median(self.cpu_pct)
 
     @property
+    def spread_pct(self) -> float:
+        """(highest - lowest) / median req/s over the rounds: how far one case's runs disagree."""
+        return 100.0 * (max(self.rps) - min(self.rps)) / self.median_rps
+
+    @property
     def per_cpu_second(self) -> float:
         """Requests per CPU-second of the proxy, the median over the rounds."""
         return statistics.median(r / (c / 100.0) for r, c in zip(self.rps, self.cpu_pct, strict=True) if c > 0)
@@ -287,7 +292,7 @@ class BalanceBench:
 def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
     """Each proxy's cases against its own single-peer case; nginx's spread cost is the yardstick."""
     bases = {c.proxy: c for c in cases if c.name in (BASELINE, REFERENCE_CASES[0])}
-    header = (f"{'upstream':<18} {'peers':>5} {'req/s':>10} {'cost':>7} {'proxy cpu':>9} "
+    header = (f"{'upstream':<18} {'peers':>5} {'req/s':>10} {'spread':>6} {'cost':>7} {'proxy cpu':>9} "
               f"{'req/cpu-s':>10} {'cost/cpu':>8}  goal (cost <= {GOAL_COST_PCT:g} %)")  # fmt: skip
     lines = [header, "-" * len(header)]
     doc: dict[str, Any] = {"goal_cost_pct": GOAL_COST_PCT, "cases": {}}
@@ -305,13 +310,13 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
         if case.errors:
             goal += f" ({case.errors} errors)"
         lines.append(
-            f"{case.name:<18} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} "
+            f"{case.name:<18} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} {case.spread_pct:>5.0f}% "
             f"{'-' if is_base else f'{cost:+.1f}%':>7} {case.median_cpu:>8.0f}% {case.per_cpu_second:>10,.0f} "
             f"{'-' if is_base else f'{cost_cpu:+.1f}%':>8}  {goal}"
         )
         doc["cases"][case.name] = {
             "proxy": case.proxy, "rps": case.rps, "cpu_pct": case.cpu_pct, "median_rps": case.median_rps,
-            "requests_per_cpu_second": case.per_cpu_second, "errors": case.errors,
+            "requests_per_cpu_second": case.per_cpu_second, "errors": case.errors, "spread_pct": case.spread_pct,
             "cost_pct": None if is_base else round(cost, 2),
             "cost_per_cpu_pct": None if is_base else round(cost_cpu, 2),
         }  # fmt: skip
@@ -320,6 +325,7 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
     lines.append("same on requests per proxy CPU-second, which does not depend on which side was the bottleneck.")
     lines.append("The nginx rows spread the same load over the same backends: the part of the cost that comes")
     lines.append("from the backends and the kernel (more processes to wake) rather than from the proxy's choice.")
+    lines.append("spread: (highest - lowest) / median req/s of a case over the rounds, the run-to-run noise.")
     return "\n".join(lines), doc
 
 
