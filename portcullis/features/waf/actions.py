@@ -145,7 +145,8 @@ class SetVar:
             rest = self.target.text[len(self.target.parts[0]) :]
             self.key_rest = template(rest)
 
-    def apply(self, txn: Transaction) -> None:
+    def apply(self, txn: Transaction) -> str:
+        """Run it; the key it wrote (or removed)."""
         if self.key_rest is not None:
             collection, key = self.collection, self.key + self.key_rest.render(txn).lower()
         elif self.collection:
@@ -156,10 +157,10 @@ class SetVar:
         if self.remove:
             if store.pop(key, None) is not None and store is txn.tx:
                 txn.tx_dropped += 1
-            return
+            return key
         if not self.has_value:
             store[key] = "1"
-            return
+            return key
         value = self.value.render(txn)
         amount = value[1:].strip()
         if value[:1] in "+-" and amount.isascii() and amount.isdigit():
@@ -168,6 +169,7 @@ class SetVar:
             store[key] = str(current + delta if value[0] == "+" else current - delta)
         else:
             store[key] = value
+        return key
 
 
 def _split_target(target: str) -> tuple[str, str]:

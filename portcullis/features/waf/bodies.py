@@ -17,15 +17,10 @@ Pairs = list[tuple[str, str]]
 
 def parse_urlencoded(text: str) -> Pairs:
     """`a=1&b=2`: names and values URL-decoded (`+` is a space), empty pieces skipped."""
-    out: Pairs = []
-    if not text:
-        return out
-    for piece in text.split("&"):
-        if not piece:
-            continue
-        name, _, value = piece.partition("=")
-        out.append((url_decode(name), url_decode(value)))
-    return out
+    if "%" in text:
+        return [(url_decode(n), url_decode(v)) for n, _, v in [p.partition("=") for p in text.split("&") if p]]
+    # nothing to decode but `+`, which is neither `&` nor `=`: replaced in the whole text at once
+    return [(n, v) for n, _, v in [p.partition("=") for p in text.replace("+", " ").split("&") if p]]
 
 
 class BodyError(ValueError):

@@ -8,6 +8,7 @@ from portcullis.features.waf.actions import Ctl
 from portcullis.features.waf.cache import Budget
 from portcullis.features.waf.fold import Plan, fold, group
 from portcullis.features.waf.gate import hits, phase_hits, through
+from portcullis.features.waf.replay import Trail
 from portcullis.features.waf.ruleset import Rule, RuleSet, _id_ranges
 from portcullis.features.waf.screens import none_can_match
 from portcullis.features.waf.seclang import TargetSpec, parse_targets
@@ -274,6 +275,7 @@ class Evaluator:
         # per target: the number of the source its values come from (the memo's key with the
         # target's index), or -1 when that target need not be read again
         keys: list[int] | None = None
+        trail: Trail | None = None  # notes what a run that can be replayed writes
         selectors = link.selectors
         # every target's values first: actions that run on a match must not change what is read
         if txn.removed_targets or txn.removed_targets_by_tag:
@@ -286,6 +288,13 @@ class Evaluator:
             number = txn.numbers.get(selectors[0].source) or txn.number(selectors[0].source)
             if number in memo:
                 return False  # found nothing in these very values before
+            replays = link.replays
+            if replays is not None:
+                done = replays.get(number)
+                if done is not None:
+                    done.apply(txn)  # matched in these very values before: the same writes
+                    return True
+                trail = Trail(txn, replays, number)
             keys = [number]
             values = [selectors[0].values(txn)]
         else:
@@ -331,7 +340,7 @@ class Evaluator:
                         budget.entries += 1
                     if (caps is not None) != negated:
                         found = True
-                        self._hit(txn, link, name, value, caps)
+                        self._hit(txn, link, name, value, caps, trail)
             else:
                 for name, raw in pairs:
                     if multimatch:
@@ -351,20 +360,27 @@ class Evaluator:
                                 budget.entries += 1
                         if (caps is not None) != negated:
                             found = True
-                            self._hit(txn, link, name, value, caps)
+                            self._hit(txn, link, name, value, caps, trail)
                             break
             if found:
                 matched = True
             elif keys is not None and memo is not None and keys[index] >= 0:
                 memo[keys[index]] = True
                 budget.entries += 1
+        if matched and trail is not None:
+            trail.keep(txn, budget)
         return matched
 
-    def _hit(self, txn: Transaction, link: Rule, name: str, value: str, caps: list[str] | None) -> None:
+    def _hit(
+        self, txn: Transaction, link: Rule, name: str, value: str, caps: list[str] | None, trail: Trail | None
+    ) -> None:
         """A value matched: the matched variables, captures, and the link's actions."""
         txn.matched_var, txn.matched_var_name = value, name
         txn.matched_text = caps[0] if caps else value
         txn.matched_vars.append((name, value))
+        if trail is not None:
+            trail.act(txn, link, caps)  # the same captures and setvars, noted
+            return
         if caps and link.capture:
             tx = txn.tx
             for digit, cap in enumerate(caps[:10]):

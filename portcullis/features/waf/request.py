@@ -107,9 +107,10 @@ def parse_head(req: HttpRequest) -> Head:
     filename = filename.partition("#")[0]
     basename = filename.rsplit("/", 1)[-1]
     headers = list(req.headers)
+    names = [name.lower() for name, _ in headers]  # once: read for cookies and the content type
     cookies: Pairs = []
-    for name, value in headers:
-        if name.lower() == "cookie":
+    for name, (_, value) in zip(names, headers, strict=True) if "cookie" in names else ():
+        if name == "cookie":
             for piece in value.split(";"):
                 piece = piece.strip()
                 if not piece:
@@ -152,10 +153,10 @@ def parse_head(req: HttpRequest) -> Head:
         "AUTH_TYPE": "",
         "REMOTE_USER": "",
         "REQUEST_BODY_LENGTH": "0",
-        "FULL_REQUEST_LENGTH": str(len(line) + sum(len(n) + len(v) + 4 for n, v in headers)),
-        "ARGS_COMBINED_SIZE": str(sum(len(k) + len(v) for k, v in args_get)),
+        "FULL_REQUEST_LENGTH": str(len(line) + sum([len(n) + len(v) + 4 for n, v in headers])),
+        "ARGS_COMBINED_SIZE": str(sum([len(k) + len(v) for k, v in args_get])),
     }
-    low = (header(headers, "content-type") or "").lower()
+    low = headers[names.index("content-type")][1].lower() if "content-type" in names else ""
     processor: str | None = None
     if low.startswith("application/x-www-form-urlencoded"):
         processor = "URLENCODED"

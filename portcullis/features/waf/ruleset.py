@@ -12,6 +12,7 @@ from portcullis.features.waf import transforms as T
 from portcullis.features.waf.actions import Ctl, SetVar, Template, template
 from portcullis.features.waf.cache import Budget, Shared
 from portcullis.features.waf.operators import Operator, OperatorError, compile_operator, guard_regex
+from portcullis.features.waf.replay import Replay, groups_needed
 from portcullis.features.waf.request import source
 from portcullis.features.waf.screens import Screen, screen_of
 from portcullis.features.waf.seclang import (
@@ -83,6 +84,9 @@ class Rule:
     # a pure operator)
     memo: dict[int, bool] | None = None
     memo_collections: tuple[str, ...] = ()
+    # number -> what the link's matches wrote there (replay.py), when that depends on them alone
+    replays: dict[int, Replay] | None = None
+    replay_groups: int = 0  # the capture groups a match must set to be replayed
     prefilter: int = -1  # the pattern's id in the scan databases, -1: none
     scan_dbs: tuple[int, ...] = ()  # per selector: the scan database its values go through, -1: none
     fast_tx: tuple[str, str, int] | None = None  # `(&)TX:key "@op N"`: ((&)key, op, N), a quick verdict
@@ -419,3 +423,6 @@ def attach_caches(link: Rule, budget: Budget) -> None:
         if link.selectors and all(sel.slot >= 0 for sel in link.selectors) and not link.is_action:
             link.memo = budget.table({})
             link.memo_collections = tuple(dict.fromkeys(source(sel.collection) for sel in link.selectors))
+    groups = groups_needed(link)
+    link.replays = None if groups is None else budget.table({})
+    link.replay_groups = groups or 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from itertools import islice
 from typing import TYPE_CHECKING
 
 from portcullis.features.waf.request import source
@@ -28,6 +29,7 @@ DYNAMIC = frozenset(
 
 _KEY_REGEXES: dict[str, re.Pattern[str]] = {}
 _MAX_KEYS = 4096
+_MAX_ADDED = 1024  # runs of added TX keys kept per selector
 
 
 def key_regex(pattern: str) -> re.Pattern[str]:
@@ -46,8 +48,8 @@ class Selector:
     """One target and the exclusions that apply to its collection."""
 
     __slots__ = (
-        "collection", "count", "exclusions", "key", "key_re", "key_seen", "seeded", "shared", "slot", "source", "spec",
-        "tx_name", "uid",
+        "added_seen", "collection", "count", "exclusions", "key", "key_re", "key_seen", "seeded", "shared", "slot",
+        "source", "spec", "tx_name", "uid",
     )  # fmt: skip
     made = 0
 
@@ -61,6 +63,7 @@ class Selector:
         self.slot = slot  # cache slot for static selections, -1: not cached
         self.tx_name = f"TX:{spec.key}" if spec.collection == "TX" and spec.key is not None else ""
         self.key_seen: dict[str, bool] = {}  # key -> whether `key_re` finds it (keys repeat a lot)
+        self.added_seen: dict[tuple[str, ...], list[str]] = {}  # TX keys added -> those it selects
         Selector.made += 1
         self.uid = Selector.made
         self.seeded: tuple[object, list[str]] | None = None  # (a TX seed, its keys this selects)
@@ -152,9 +155,16 @@ class Selector:
         else:
             names, start = [], 0
         if start < len(tx):
-            names = names + [k for k in list(tx)[start:] if self._key_matches(k)]
+            added = tuple(islice(tx, start, None))
+            # the keys rules add repeat from request to request: their selection is kept whole
+            found = self.added_seen.get(added)
+            if found is None:
+                found = [k for k in added if self._key_matches(k)]
+                if len(self.added_seen) < _MAX_ADDED:
+                    self.added_seen[added] = found
+            names = names + found if names else found
             txn.tx_keys[self.uid] = (txn.tx_dropped, len(tx), names)
-        return [(f"TX:{k}", tx[k]) for k in names]
+        return [("TX:" + k, tx[k]) for k in names]
 
     def _key_matches(self, key: str) -> bool:
         seen = self.key_seen

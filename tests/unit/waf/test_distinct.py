@@ -9,11 +9,13 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from portcullis.features.waf.bodies import parse_urlencoded
 from portcullis.features.waf.gate import ids_of, mask, through
 from portcullis.features.waf.loader import Waf
 from portcullis.features.waf.prefilter import _RISKY
 from portcullis.features.waf.tail import items, tail
 from portcullis.features.waf.transaction import HttpRequest, Transaction
+from portcullis.features.waf.transforms import url_decode
 
 RISKY_PATTERNS = [
     r"(?:^|=)\s*(?:\w+=(?:[^\s]*|\$.*|<.*)\s+|!\s*)*\s*(?:'|\")*[\\'\"]*(?:l[\\'\"]*s|c[\\'\"]*at)[\\'\"]*(?:\s|;|\|)",
@@ -118,3 +120,14 @@ def test_a_gate_transforms_a_shared_prefix_once() -> None:
     assert ids(waf.evaluate(req("/?a=QQ"))) == [3]
     assert ids(waf.evaluate(req("/?a=abcd"))) == []
 
+
+
+@given(st.text(alphabet="ab=&+%2Gf0", max_size=16))
+@settings(max_examples=400, deadline=None)
+def test_a_query_without_escapes_is_split_as_one_with_them(text: str) -> None:
+    # parse_urlencoded decodes a text without `%` at once: the same as piece by piece
+    expected = [
+        (url_decode(name), url_decode(value))
+        for name, _, value in (piece.partition("=") for piece in text.split("&") if piece)
+    ]
+    assert parse_urlencoded(text) == expected
