@@ -56,9 +56,12 @@ class Numbers:
     def __init__(self, budget: Budget) -> None:
         self.budget = budget
         self.numbers: dict[tuple[tuple[str, str], ...], int] = budget.table({})
-        self.last = 0
+        self.scalars: dict[str, int] = budget.table({})  # a scalar variable's value -> number
+        self.empty = self.last = 1  # no pairs: the most common content, kept across resets
 
     def number(self, pairs: list[tuple[str, str]]) -> int:
+        if not pairs:
+            return self.empty
         key = tuple(pairs)
         found = self.numbers.get(key)
         if found is None:
@@ -66,6 +69,18 @@ class Numbers:
             found = self.numbers[key] = self.last
             budget = self.budget
             budget.chars += sum([len(n) + len(v) for n, v in pairs]) + 1
+            budget.entries += 1
+        return found
+
+    def scalar(self, value: str) -> int:
+        """The number of a scalar variable's one item, by its value alone: no tuples to build
+        and hash. A source is numbered either way, always the same, so the two never meet."""
+        found = self.scalars.get(value)
+        if found is None:
+            self.last += 1
+            found = self.scalars[value] = self.last
+            budget = self.budget
+            budget.chars += len(value) + 1
             budget.entries += 1
         return found
 

@@ -13,6 +13,7 @@ from portcullis.features.waf.ruleset import Rule, RuleSet, _id_ranges
 from portcullis.features.waf.screens import none_can_match
 from portcullis.features.waf.seclang import TargetSpec, parse_targets
 from portcullis.features.waf.transaction import Match, Transaction
+from portcullis.features.waf.variables import Selected
 
 _STOPS = ("deny", "drop", "allow")
 _DIGITS = tuple(str(d) for d in range(10))
@@ -272,18 +273,24 @@ class Evaluator:
             self._actions(txn, link)
             return True
         memo = link.memo
-        # per target: the number of the source its values come from (the memo's key with the
-        # target's index), or -1 when that target need not be read again
-        keys: list[int] | None = None
+        # the targets to read: (index, memo key, values); the key is the number of the source
+        # the values come from (with the target's index when there are several), -1: no memo
+        reads: list[tuple[int, int, Selected]]
         trail: Trail | None = None  # notes what a run that can be replayed writes
         selectors = link.selectors
         # every target's values first: actions that run on a match must not change what is read
         if txn.removed_targets or txn.removed_targets_by_tag:
             extra = _removed_targets(txn, head)
-            values = [sel.values_without(txn, extra) if extra else sel.values(txn) for sel in selectors]
+            reads = [
+                (index, -1, sel.values_without(txn, extra) if extra else sel.values(txn))
+                for index, sel in enumerate(selectors)
+            ]
             memo = None
         elif memo is None:
-            values = [selectors[0].values(txn)] if len(selectors) == 1 else [sel.values(txn) for sel in selectors]
+            if len(selectors) == 1:
+                reads = [(0, -1, selectors[0].values(txn))]
+            else:
+                reads = [(index, -1, sel.values(txn)) for index, sel in enumerate(selectors)]
         elif len(selectors) == 1:
             number = txn.numbers.get(selectors[0].source) or txn.number(selectors[0].source)
             if number in memo:
@@ -295,22 +302,17 @@ class Evaluator:
                     done.apply(txn)  # matched in these very values before: the same writes
                     return True
                 trail = Trail(txn, replays, number)
-            keys = [number]
-            values = [selectors[0].values(txn)]
+            reads = [(0, number, selectors[0].values(txn))]
         else:
-            # a target whose values held no match before holds none now: only the others are read
-            keys = []
-            values = []
+            # a target whose values held no match before holds none now: only the others are
+            # read (nor looked at again below)
+            reads = []
             width = len(selectors)
             for index, sel in enumerate(selectors):
                 number = (txn.numbers.get(sel.source) or txn.number(sel.source)) * width + index
-                if number in memo:
-                    keys.append(-1)
-                    values.append([])
-                else:
-                    keys.append(number)
-                    values.append(sel.values(txn))
-            if all(k < 0 for k in keys):
+                if number not in memo:
+                    reads.append((index, number, sel.values(txn)))
+            if not reads:
                 return False
         op, negated, expand = link.operator, link.negated, txn.expand
         ruleset = self.ruleset
@@ -324,7 +326,7 @@ class Evaluator:
         screen = link.screen
         budget = ruleset.budget
         matched = False
-        for index, pairs in enumerate(values):
+        for index, key, pairs in reads:
             found = False
             if screen is not None and pairs and none_can_match(screen, pairs):
                 pairs = ()  # no value of this target can match: as if each failed
@@ -364,8 +366,8 @@ class Evaluator:
                             break
             if found:
                 matched = True
-            elif keys is not None and memo is not None and keys[index] >= 0:
-                memo[keys[index]] = True
+            elif key >= 0 and memo is not None:
+                memo[key] = True
                 budget.entries += 1
         if matched and trail is not None:
             trail.keep(txn, budget)

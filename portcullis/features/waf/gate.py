@@ -35,7 +35,8 @@ def _on_match(pattern_id: int, start: int, end: int, flags: int, context: list[i
 def scan(db: Any, value: str) -> int:
     """The pattern ids of a database that may match a value (a bit set)."""
     found = [EMPTY]
-    db.scan(value.encode("latin-1", "replace"), match_event_handler=_on_match, context=found)
+    # (data, match_event_handler, flags, context) by position: keywords cost a third of a scan
+    db.scan(value.encode("latin-1", "replace"), _on_match, 0, found)
     return found[0]
 
 

@@ -20,7 +20,16 @@ from typing import Any
 
 from portcullis.features.waf.gate import CollectionGate, Reader, ids_of, mask, scan
 from portcullis.features.waf.literals import necessary_literals
-from portcullis.features.waf.operators import MacroRx, OperatorError, Pm, Rx, compile_regex
+from portcullis.features.waf.operators import (
+    BeginsWith,
+    EndsWith,
+    MacroRx,
+    OperatorError,
+    Pm,
+    Rx,
+    StrEq,
+    compile_regex,
+)
 from portcullis.features.waf.ruleset import Rule, RuleSet
 from portcullis.features.waf.tail import tail
 
@@ -77,6 +86,12 @@ def _source(link: Rule) -> _Source | None:
     if isinstance(op, Pm) and op.phrases and all(p.isascii() for p in op.phrases):
         return _Source(None, frozenset(op.phrases))
     if op.literal and op.literal.isascii():  # @streq, @contains, @beginsWith ...
+        # where the operator fixes the literal's place, say so: `@streq GET /` must not hit
+        # every request line that starts with it (case kept, as the operator keeps it)
+        start = "^" if isinstance(op, StrEq | BeginsWith) else ""
+        end = "$" if isinstance(op, StrEq | EndsWith) else ""  # `$` also before a final newline: a superset
+        if start or end:
+            return _Source(start + _literal(op.literal) + end, frozenset())
         return _Source(None, frozenset({op.literal.lower()}))
     return None
 

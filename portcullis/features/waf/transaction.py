@@ -222,7 +222,11 @@ class Transaction:
                     key = [("", str(self.numbers[""])), *self.body_key]
                     found = self.shared.numbers.number(key)
             else:
-                found = self.shared.numbers.number(self.items(name))
+                value = self.scalars.get(name)
+                if value is not None and name not in self.collections:
+                    found = self.shared.numbers.scalar(value)  # what `items` makes of it, in one step
+                else:
+                    found = self.shared.numbers.number(self.items(name))
             self.numbers[name] = found
         return found
 
