@@ -8,6 +8,7 @@ from portcullis.features.waf.actions import Ctl
 from portcullis.features.waf.cache import Budget
 from portcullis.features.waf.fold import Plan, fold, group
 from portcullis.features.waf.gate import hits, phase_hits, through
+from portcullis.features.waf.operators import Captures, Expander, Operator
 from portcullis.features.waf.replay import Trail
 from portcullis.features.waf.ruleset import Rule, RuleSet, _id_ranges
 from portcullis.features.waf.screens import none_can_match
@@ -38,6 +39,20 @@ def _multimatch_values(rule: Rule, value: str, budget: Budget) -> tuple[str, ...
         budget.chars += sum([len(v) for v in values])
         budget.entries += 1
     return out
+
+
+def _operator(
+    op: Operator, cache: dict[str, Captures] | None, value: str, expand: Expander, budget: Budget
+) -> Captures:
+    """The operator's result on a value, through its cache when it is pure (`Rule.op_cache`)."""
+    if cache is None:
+        return op(value, expand)
+    caps = cache.get(value, _MISS)
+    if caps is _MISS:
+        caps = cache[value] = op(value, expand)
+        budget.chars += len(value)
+        budget.entries += 1
+    return caps
 
 
 def _memo_fails(txn: Transaction, head: Rule) -> bool:
@@ -333,6 +348,7 @@ class Evaluator:
             db = dbs[index] if dbs else -1
             if cache is not None and db < 0 and not multimatch:
                 # the common case, in fewer steps: one value per item, a cached operator
+                # (`through` and `_operator` inlined: a call per value costs more than the lookup)
                 for name, raw in pairs:
                     value = raw if tcache is None else (tcache.get(raw) or through(ruleset, pipeline, raw))
                     caps = cache.get(value, _MISS)
@@ -352,14 +368,7 @@ class Evaluator:
                     for value in candidates:
                         if db >= 0 and not hits(ruleset, db, value) >> pattern & 1:
                             continue  # the prefilter rules the pattern out for this value
-                        if cache is None:
-                            caps = op(value, expand)
-                        else:
-                            caps = cache.get(value, _MISS)
-                            if caps is _MISS:
-                                caps = cache[value] = op(value, expand)
-                                budget.chars += len(value)
-                                budget.entries += 1
+                        caps = _operator(op, cache, value, expand, budget)
                         if (caps is not None) != negated:
                             found = True
                             self._hit(txn, link, name, value, caps, trail)
