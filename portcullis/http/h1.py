@@ -17,7 +17,7 @@ import httptools
 
 from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.messages import Headers
-from portcullis.http.hosts import valid_host
+from portcullis.http.hosts import checked_host_name, checked_names
 
 _SPECIAL: Final = frozenset(
     {b"host", b"content-length", b"transfer-encoding", b"expect", b"upgrade", b"connection"}
@@ -45,6 +45,7 @@ class RequestHead:
         "has_body",
         "headers",
         "host",
+        "host_name",
         "keep_alive",
         "method",
         "request_id",
@@ -60,6 +61,7 @@ class RequestHead:
         version: str,
         headers: Headers,
         host: bytes | None,
+        host_name: str | None,
         content_length: int | None,
         chunked: bool,
         expect_continue: bool,
@@ -73,6 +75,8 @@ class RequestHead:
         self.version = version
         self.headers = headers
         self.host = host
+        self.host_name = host_name
+        """The lower-case host of a non-empty `host`, without its port."""
         self.content_length = content_length
         self.chunked = chunked
         self.expect_continue = expect_continue
@@ -304,8 +308,13 @@ class H1RequestReader:
                 self._headers.append((b"Host", host))
             elif not (target == b"*" and method == "OPTIONS"):
                 raise ProxyError(ErrorKind.BAD_REQUEST, "invalid request target")
-        if host is not None and not valid_host(host):
-            raise ProxyError(ErrorKind.BAD_REQUEST, "invalid Host header")
+        host_name = None
+        if host:
+            host_name = checked_names.get(host)  # (a dict lookup, not a call: the same few values repeat)
+            if host_name is None:
+                host_name = checked_host_name(host)
+                if host_name is None:
+                    raise ProxyError(ErrorKind.BAD_REQUEST, "invalid Host header")
         if self._chunked and version == "1.0":
             # RFC 9112 6.1: an HTTP/1.0 message with Transfer-Encoding has faulty framing
             raise ProxyError(ErrorKind.BAD_REQUEST, "Transfer-Encoding in an HTTP/1.0 request")
@@ -317,6 +326,7 @@ class H1RequestReader:
                 version,
                 self._headers,
                 host,
+                host_name,
                 self._content_length,
                 self._chunked,
                 self._expect,

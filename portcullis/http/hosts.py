@@ -15,31 +15,35 @@ from typing import Final
 _HOST: Final = re.compile(rb"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9\-._~!$&'()*+;=%]*)(?::[0-9]*)?")
 _MEMO_MAX: Final = 1024
 
-_valid: set[bytes] = set()
 _names: dict[bytes, str] = {}
+checked_names: Final[dict[bytes, str]] = {}
+"""Well-formed Host values seen lately and their host names: the request path reads it inline."""
 
 
-def valid_host(value: bytes) -> bool:
-    """Whether a Host field value (or a request target's authority) is well-formed."""
-    if value in _valid:
-        return True
-    if _HOST.fullmatch(value) is None:
-        return False
-    if len(_valid) >= _MEMO_MAX:
-        _valid.clear()
-    _valid.add(value)
-    return True
+def checked_host_name(value: bytes) -> str | None:
+    """The host name of a Host field value (or a request target's authority), None when the value
+    is malformed (RFC 9110 7.2)."""
+    name = checked_names.get(value)
+    if name is None:
+        if _HOST.fullmatch(value) is None:
+            return None
+        if len(checked_names) >= _MEMO_MAX:
+            checked_names.clear()
+        name = checked_names[value] = _name_of(value)
+    return name
 
 
 def host_name(authority: bytes) -> str:
     """The lower-case host of a (well-formed, non-empty) authority, without its port."""
     name = _names.get(authority)
     if name is None:
-        if authority.startswith(b"["):
-            name = authority[: authority.find(b"]") + 1].decode("latin-1").lower()
-        else:
-            name = authority.partition(b":")[0].decode("latin-1").lower()
         if len(_names) >= _MEMO_MAX:
             _names.clear()
-        _names[authority] = name
+        name = _names[authority] = _name_of(authority)
     return name
+
+
+def _name_of(authority: bytes) -> str:
+    if authority.startswith(b"["):
+        return authority[: authority.find(b"]") + 1].decode("latin-1").lower()
+    return authority.partition(b":")[0].decode("latin-1").lower()

@@ -157,7 +157,7 @@ class EdgeH1Connection(H1Connection):
         return forward_head_fields(self, status, headers, no_body, request_id, request_id_header)
 
     def _redirect(self, head: RequestHead, port: int) -> None:
-        host = self._host_name(head.host)
+        host = self._listener.host if head.host_name is None else head.host_name
         authority = host if port == 443 else f"{host}:{port}"
         target = head.target if head.target.startswith(b"/") else b"/"
         location = b"https://" + authority.encode("latin-1") + target

@@ -22,7 +22,6 @@ from portcullis.engine.forwarding import (
 )
 from portcullis.engine.messages import Headers
 from portcullis.http.h1 import H1RequestReader, RequestHead, UpgradeRequested
-from portcullis.http.hosts import host_name
 
 if TYPE_CHECKING:
     from portcullis.tls.certs import ClientIdentity
@@ -163,7 +162,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         listener = self._listener
         ctx = RequestContext(
             head.method, head.target, head.headers, head.version,
-            host_name(head.host) if head.host else listener.host,  # (_host_name, one call less)
+            listener.host if head.host_name is None else head.host_name,
             self.client_ip, self.client_port, listener.scheme, listener.name, runtime.clock(),
             head.host, head.connection, head.request_id,
         )  # fmt: skip
@@ -202,9 +201,6 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
             self.deadline = 0.0
         if exchange is not None:
             exchange.request_end(trailers)
-
-    def _host_name(self, host: bytes | None) -> str:
-        return host_name(host) if host else self._listener.host
 
     # ================================================================== Downstream, for the exchange
     def send_head(

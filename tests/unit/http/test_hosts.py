@@ -20,24 +20,27 @@ from portcullis.http import hosts
 def test_host_name_is_lower_case_without_the_port(authority: bytes, name: str) -> None:
     assert hosts.host_name(authority) == name
     assert hosts.host_name(authority) == name  # the second time from the memo
+    assert hosts.checked_host_name(authority) == name
+    assert hosts.checked_host_name(authority) == name
 
 
 @pytest.mark.parametrize("value", [b"example.com", b"example.com:8080", b"[::1]:80", b"a-b_c.d~e", b""])
 def test_well_formed_hosts_pass(value: bytes) -> None:
-    assert hosts.valid_host(value)
-    assert hosts.valid_host(value)
+    assert hosts.checked_host_name(value) is not None
+    assert hosts.checked_host_name(value) is not None
 
 
 @pytest.mark.parametrize("value", [b"exa mple.com", b"example.com/x", b"a@b", b"[::1", b"host:80x", b"h\x00"])
 def test_malformed_hosts_fail_every_time(value: bytes) -> None:
-    assert not hosts.valid_host(value)
-    assert not hosts.valid_host(value)  # a refusal is never memoized as a pass
+    hosts.host_name(value)  # a name worked out without the check does not make the value pass
+    assert hosts.checked_host_name(value) is None
+    assert hosts.checked_host_name(value) is None  # a refusal is never memoized as a pass
 
 
 def test_memos_stay_bounded() -> None:
     for i in range(3000):
         authority = b"host%d.example:80" % i
-        assert hosts.valid_host(authority)
+        assert hosts.checked_host_name(authority) == f"host{i}.example"
         assert hosts.host_name(authority) == f"host{i}.example"
-    assert len(hosts._valid) <= hosts._MEMO_MAX
+    assert len(hosts.checked_names) <= hosts._MEMO_MAX
     assert len(hosts._names) <= hosts._MEMO_MAX
