@@ -55,20 +55,17 @@ def _operator(
     return caps
 
 
-def _memo_fails(txn: Transaction, head: Rule) -> bool:
-    """The rule's first link found nothing before in the values it reads now (`Rule.memo`)."""
+def _memo_fails(txn: Transaction, head: Rule, memo: dict[int, bool]) -> bool:
+    """The rule's first link found nothing before in the values it reads now (`Rule.memo`);
+    a rule of one target is tested by the caller, this is for several."""
     if txn.removed_targets or txn.removed_targets_by_tag:
         return False
-    memo = head.memo
-    assert memo is not None
-    selectors = head.selectors
-    if len(selectors) == 1:
-        return (txn.numbers.get(selectors[0].source) or txn.number(selectors[0].source)) in memo
-    width = len(selectors)
-    for index, sel in enumerate(selectors):
-        if (txn.numbers.get(sel.source) or txn.number(sel.source)) * width + index not in memo:
+    numbers = txn.numbers
+    width = len(head.selectors)
+    for index, sel in enumerate(head.selectors):
+        if (numbers.get(sel.source) or txn.number(sel.source)) * width + index not in memo:
             return False
-    return bool(selectors)
+    return True
 
 
 def _removed_targets(txn: Transaction, head: Rule) -> list[TargetSpec] | None:
@@ -130,6 +127,7 @@ class Evaluator:
         # a rule whose first link fails leaves nothing a later rule reads (fold.Folded.reads_matched)
         quick = folded and not self.folded.reads_matched
         gate = -1  # the phase's prefilter hits (a bit set), once needed
+        numbers = txn.numbers
         # groups (fold.Group): `replay` runs only the rules whose first link matched when the
         # group last met the same collections; `record` notes them on a first meeting
         replay: tuple[int, ...] = ()
@@ -163,7 +161,7 @@ class Evaluator:
                 txn.removing or txn.removed_targets or txn.removed_targets_by_tag
             ):
                 memo = grp.memo
-                key = tuple([(txn.numbers.get(c) or txn.number(c)) for c in grp.sources])
+                key = tuple([(numbers.get(c) or txn.number(c)) for c in grp.sources])
                 found = memo.get(key)
                 if found is not None:
                     replay, replay_at, replay_end = found, 0, grp.end
@@ -182,8 +180,17 @@ class Evaluator:
                     continue
                 if not gate >> entry.prefilter & 1:
                     continue  # no value of any collection it reads hit its pattern
-            if quick and entry.memo is not None and _memo_fails(txn, entry):
-                continue  # its first link found nothing in these values before: it fails as it would
+            rule_memo = entry.memo if quick else None
+            if rule_memo is not None:
+                # its first link found nothing in these values before: it fails as it would
+                one = entry.memo_source
+                if one is not None:
+                    if (numbers.get(one) or txn.number(one)) in rule_memo and not (
+                        txn.removed_targets or txn.removed_targets_by_tag
+                    ):
+                        continue
+                elif _memo_fails(txn, entry, rule_memo):
+                    continue
             matched = self.step(txn, entry)
             if record is not None:
                 # a rule that failed without leaving anything behind, on request data alone,

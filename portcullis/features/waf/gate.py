@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from portcullis.features.waf.request import source
-from portcullis.features.waf.transforms import ALWAYS, may_change
+from portcullis.features.waf.transforms import ALWAYS, change_bits, may_change
 
 if TYPE_CHECKING:
     from portcullis.features.waf.ruleset import RuleSet
@@ -117,10 +117,10 @@ class CollectionGate:
         # pipeline unchanged ...
         self.always = tuple(r for r in every if may_change(r.transforms) is ALWAYS)
         self.every = every = tuple(r for r in every if r not in self.always)
-        funcs = tuple(dict.fromkeys(fn for r in every for fn in r.transforms))
+        self.funcs = funcs = tuple(dict.fromkeys(fn for r in every for fn in r.transforms))
         self.screen = may_change(funcs)
-        # ... and for the others, which transformations may change them
-        self.checks = tuple(may_change((fn,)) for fn in funcs)
+        # ... and for the others, which transformations may change them (bit i: funcs[i])
+        self.changes = change_bits(funcs)
         bits = {fn: 1 << i for i, fn in enumerate(funcs)}
         self.masks = tuple(sum(bits[fn] for fn in set(r.transforms)) for r in every)
         # per set of tests a value fails: the patterns of readers that see the value unchanged,
@@ -178,13 +178,7 @@ class CollectionGate:
         """What the readers of every item find in one value."""
         db = self.db
         seen = hits(ruleset, db, value)
-        changed = 0
-        if self.screen(value):
-            bit = 1
-            for test in self.checks:
-                if test(value):
-                    changed |= bit
-                bit <<= 1
+        changed = self.changes(value) if self.screen(value) else 0
         walk = self.plans.get(changed) or self.plan(changed, ruleset)
         found = seen & walk.same
         outs = [value]
@@ -233,7 +227,10 @@ def phase_hits(txn: Transaction, ruleset: RuleSet, phase: int) -> int:
     found = txn.gate_hits.get(phase)
     if found is None:
         found = 0
+        numbers = txn.numbers
         for gate in ruleset.gates.get(phase, ()):
-            found |= gate.collect(txn, ruleset)
+            # `collect`, its memo looked in here: most gates meet contents they met before
+            got = gate.memo.get(numbers.get(gate.source) or txn.number(gate.source))
+            found |= gate.collect(txn, ruleset) if got is None else got
         txn.gate_hits[phase] = found
     return found

@@ -84,6 +84,7 @@ class Rule:
     # a pure operator)
     memo: dict[int, bool] | None = None
     memo_collections: tuple[str, ...] = ()
+    memo_source: str | None = None  # with a memo and one target: its source (request.source)
     # number -> what the link's matches wrote there (replay.py), when that depends on them alone
     replays: dict[int, Replay] | None = None
     replay_groups: int = 0  # the capture groups a match must set to be replayed
@@ -417,12 +418,15 @@ def attach_caches(link: Rule, budget: Budget) -> None:
     data alone (the caches are shared by transactions, under the rule set's budget)."""
     link.op_cache = link.memo = None
     link.memo_collections = ()
+    link.memo_source = None
     link.stages = budget.table({}) if link.multimatch and link.transforms else None
     if link.operator.pure:
         link.op_cache = budget.table({})
         if link.selectors and all(sel.slot >= 0 for sel in link.selectors) and not link.is_action:
             link.memo = budget.table({})
             link.memo_collections = tuple(dict.fromkeys(source(sel.collection) for sel in link.selectors))
+            if len(link.selectors) == 1:
+                link.memo_source = link.selectors[0].source
     groups = groups_needed(link)
     link.replays = None if groups is None else budget.table({})
     link.replay_groups = groups or 0

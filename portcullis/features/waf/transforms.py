@@ -168,17 +168,24 @@ def css_decode(v: str) -> str:
     return "".join(out)
 
 
-_CMD_DELETE = str.maketrans("", "", "\\\"'^")
+_CMD_DELETE = "\\\"'^"
 _CMD_SPACES = re.compile(r"[ ,;\t\r\n]+")
 _CMD_BEFORE = re.compile(r" (?=[/(])")
 
 
 def cmd_line(v: str) -> str:
     """Windows/Unix command-line normalisation: drop `\\ " ' ^`, spaces/`,`/`;` -> one space,
-    drop a space before `/` or `(`, lowercase."""
-    v = v.translate(_CMD_DELETE)
-    v = _CMD_SPACES.sub(" ", v)
-    v = _CMD_BEFORE.sub("", v)
+    drop a space before `/` or `(`, lowercase. Each step only when the value holds what it
+    changes: `str.translate` and `re.sub` cost far more than a few `in` tests."""
+    for char in _CMD_DELETE:
+        if char in v:
+            v = v.replace(char, "")
+    # runs of separators become one space: with none but lone spaces, nothing changes (text has
+    # a space every few characters, and `re.sub` costs per match)
+    if "  " in v or "," in v or ";" in v or "\t" in v or "\r" in v or "\n" in v:
+        v = _CMD_SPACES.sub(" ", v)
+    if " /" in v or " (" in v:
+        v = _CMD_BEFORE.sub("", v)
     return lowercase(v)
 
 
@@ -186,7 +193,10 @@ _WS = re.compile(r"[ \t\n\r\f\v\xa0]+")
 
 
 def compress_whitespace(v: str) -> str:
-    return _WS.sub(" ", v)
+    # as in `cmd_line`: a value whose only whitespace is lone spaces is left as it is
+    if "  " in v or "\t" in v or "\n" in v or "\r" in v or "\f" in v or "\v" in v or "\xa0" in v:
+        return _WS.sub(" ", v)
+    return v
 
 
 def remove_whitespace(v: str) -> str:
@@ -244,7 +254,8 @@ def _b64(data: str) -> str:
     data = data[: len(data) - len(data) % 4] if len(data) % 4 == 1 else data
     data += "=" * (-len(data) % 4)
     try:
-        return base64.b64decode(data.encode("latin-1")).decode("latin-1")
+        # what `base64.b64decode` does (no validation), without its checks of the argument's type
+        return binascii.a2b_base64(data.encode("latin-1")).decode("latin-1")
     except (binascii.Error, ValueError):
         return ""
 
@@ -511,5 +522,53 @@ def may_change(fns: tuple[Transform, ...] | list[Transform]) -> Callable[[str], 
         if ends and v and (v[0] in ends or v[-1] in ends):
             return True
         return dot and v == "."
+
+    return test
+
+
+def change_bits(fns: tuple[Transform, ...]) -> Callable[[str], int]:
+    """A test whose result has bit i set when `may_change((fns[i],))` holds for a value: the
+    tests of all the transformations in one pass, each character or sequence looked for once
+    (most are shared) and the case of the value compared once."""
+    always = upper = lower = nonascii = dot = 0
+    needles: dict[str, int] = {}  # a character or sequence -> the transformations it may change
+    ends: dict[str, int] = {}
+    for index, fn in enumerate(fns):
+        bit = 1 << index
+        spec = CHANGES.get(fn)
+        if spec is None:
+            always |= bit
+            continue
+        chars = set(spec.chars)
+        if set(_UPPERS) <= chars:  # as in `may_change`: a whole case is a comparison
+            upper |= bit
+            chars -= set(_UPPERS)
+        if set(_UPPERS.lower()) <= chars:
+            lower |= bit
+            chars -= set(_UPPERS.lower())
+        for needle in (*sorted(chars), *spec.seqs):
+            needles[needle] = needles.get(needle, 0) | bit
+        for char in spec.ends:
+            ends[char] = ends.get(char, 0) | bit
+        dot |= bit if spec.dot else 0
+        nonascii |= bit if spec.nonascii else 0
+    pairs = tuple(needles.items())
+
+    def test(v: str) -> int:
+        changed = always
+        if nonascii and not v.isascii():
+            changed |= nonascii
+        if upper and v.lower() != v:
+            changed |= upper
+        if lower and v.upper() != v:
+            changed |= lower
+        for needle, bits in pairs:
+            if bits & ~changed and needle in v:
+                changed |= bits
+        if ends and v:
+            changed |= ends.get(v[0], 0) | ends.get(v[-1], 0)
+        if dot and v == ".":
+            changed |= dot
+        return changed
 
     return test

@@ -112,7 +112,7 @@ def test_a_gate_transforms_a_shared_prefix_once() -> None:
         'SecRule ARGS "@rx qq" "id:3,phase:2,pass,t:none,t:lowercase,msg:c"'
     )
     gate = next(g for g in waf.ruleset.gates[2] if g.collection == "ARGS")
-    walk = gate.plan(mask(range(len(gate.checks))), waf.ruleset)  # every test says "may change"
+    walk = gate.plan(mask(range(len(gate.funcs))), waf.ruleset)  # every test says "may change"
     assert len(walk.steps) == 3  # urlDecode, then lowercase after it and on the value itself
     assert len(walk.reads) == 3 and walk.same == 0
     assert ids(waf.evaluate(req("/?a=AB+CD"))) == [2]

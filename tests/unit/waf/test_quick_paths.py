@@ -1,0 +1,112 @@
+"""Shortcuts on the path of values never seen before give what the plain way gives."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from portcullis.features.waf import transforms as T
+from portcullis.features.waf.engine import Evaluator
+from portcullis.features.waf.gate import CollectionGate
+from portcullis.features.waf.loader import Waf
+from portcullis.features.waf.transaction import HttpRequest, Transaction
+
+# characters the transformations and their tests treat apart, and a few plain ones
+TRICKY = " \t\n\r\f\v\xa0\x00,;/(\\\"'^%+&#-*.0xAaZz=é\u0100"
+
+
+def plain_cmd_line(v: str) -> str:
+    v = v.translate(str.maketrans("", "", "\\\"'^"))
+    v = re.sub(r"[ ,;\t\r\n]+", " ", v)
+    v = re.sub(r" (?=[/(])", "", v)
+    return T.lowercase(v)
+
+
+def plain_b64(data: str) -> str:
+    data = data[: len(data) - len(data) % 4] if len(data) % 4 == 1 else data
+    data += "=" * (-len(data) % 4)
+    try:
+        return base64.b64decode(data.encode("latin-1")).decode("latin-1")
+    except (binascii.Error, ValueError):
+        return ""
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=TRICKY, max_size=24))
+def test_cmd_line_and_compress_whitespace_skip_only_steps_that_change_nothing(value: str) -> None:
+    assert T.cmd_line(value) == plain_cmd_line(value)
+    assert T.compress_whitespace(value) == re.sub(r"[ \t\n\r\f\v\xa0]+", " ", value)
+
+
+def test_lone_spaces_are_kept_and_runs_collapsed() -> None:
+    assert T.cmd_line("a b  c ,d /e (f") == "a b c d/e(f"
+    assert T.compress_whitespace("a b  c\td") == "a b c d"
+    assert T.compress_whitespace("a b c") == "a b c"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet="ABab09+/=-_ %é", max_size=24))
+def test_base64_decodes_as_the_standard_library(value: str) -> None:
+    assert T._b64(value) == plain_b64(value)
+    assert T.base64_decode(value) == plain_b64(T._B64_RUN.match(value).group(0))  # type: ignore[union-attr]
+
+
+FUNCS = (*T.CHANGES, T.base64_decode, T.md5)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=TRICKY, max_size=12))
+def test_change_bits_is_each_transformations_own_test(value: str) -> None:
+    expected = sum(1 << i for i, fn in enumerate(FUNCS) if T.may_change((fn,))(value))
+    assert T.change_bits(FUNCS)(value) == expected
+
+
+def req(uri: str) -> HttpRequest:
+    return HttpRequest("GET", uri, headers=[("Host", "x")])
+
+
+def test_a_gate_meets_known_content_without_collecting_it_again(monkeypatch: object) -> None:
+    waf = Waf.from_text('SecRule ARGS "@rx evil" "id:1,phase:2,pass,t:lowercase,msg:m"')
+    calls: list[str] = []
+    collect = CollectionGate.collect
+
+    def counting(self: CollectionGate, txn: Transaction, ruleset: object) -> int:
+        calls.append(self.collection)
+        return collect(self, txn, ruleset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(CollectionGate, "collect", counting)  # type: ignore[attr-defined]
+    assert [m.rule_id for m in waf.evaluate(req("/?a=EVIL")).matches] == [1]
+    assert calls == ["ARGS"]
+    assert [m.rule_id for m in waf.evaluate(req("/?a=EVIL")).matches] == [1]  # the gate's memo
+    assert calls == ["ARGS"]
+    assert [m.rule_id for m in waf.evaluate(req("/?a=fine")).matches] == []
+    assert calls == ["ARGS", "ARGS"]
+
+
+def test_a_one_target_rule_that_found_nothing_is_not_run_on_the_same_values(monkeypatch: object) -> None:
+    waf = Waf.from_text(
+        'SecRule REQUEST_HEADERS:X-A "!@rx ^fine$" "id:1,phase:1,pass,msg:a"\n'  # no prefilter: run'
+        'SecRule ARGS|REQUEST_HEADERS:X-A "@rx evil" "id:2,phase:2,pass,msg:b"'
+    )
+    one, two = waf.ruleset.rules_by_id[1], waf.ruleset.rules_by_id[2]
+    assert one.memo_source == "headers" and two.memo_source is None  # several targets: none
+    stepped: list[int] = []
+    step = Evaluator.step
+
+    def counting(self: Evaluator, txn: Transaction, entry: object) -> bool:
+        stepped.append(entry.id)  # type: ignore[attr-defined]
+        return step(self, txn, entry)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Evaluator, "step", counting)  # type: ignore[attr-defined]
+    fine = HttpRequest("GET", "/?a=1", headers=[("Host", "x"), ("X-A", "fine")])
+    evil = HttpRequest("GET", "/?a=2", headers=[("Host", "x"), ("X-A", "evil")])
+    waf.evaluate(fine)
+    assert 1 in stepped
+    stepped.clear()
+    assert [m.rule_id for m in waf.evaluate(fine).matches] == []
+    assert 1 not in stepped  # known to fail on these headers
+    assert [m.rule_id for m in waf.evaluate(evil).matches] == [1, 2]
