@@ -54,6 +54,11 @@ class Selector:
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         raise NotImplementedError
 
+    def quick(self) -> Callable[[], Candidate | None]:
+        """`pick()` among every peer, as the cheapest callable this selector can make of it
+        (for a request's first try, when every peer is in service and no key is needed)."""
+        return self.pick
+
 
 class RoundRobin(Selector):
     """Smooth weighted round robin (nginx): over a cycle of total weight, each peer is picked
@@ -157,6 +162,12 @@ class P2CEwma(Selector):
 
     _pairs: list[tuple[Candidate, Candidate]] | None = None
 
+    def _pair_list(self) -> list[tuple[Candidate, Candidate]]:
+        """Every ordered pair of two distinct peers, listed once: one draw picks two peers."""
+        if self._pairs is None:
+            self._pairs = [(x, y) for x in self.peers for y in self.peers if x is not y]
+        return self._pairs
+
     def pick(self, hash_key: bytes | None = None, eligible: Eligible = _everyone) -> Candidate | None:
         if eligible is _everyone:
             pool: Sequence[Candidate] = self.peers
@@ -166,10 +177,7 @@ class P2CEwma(Selector):
         if n <= 1:
             return pool[0] if pool else None
         if pool is self.peers and n <= _PAIRS_UP_TO:
-            # two distinct peers at random: one of the ordered pairs, listed once
-            pairs = self._pairs
-            if pairs is None:
-                pairs = self._pairs = [(x, y) for x in pool for y in pool if x is not y]
+            pairs = self._pair_list()
             a, b = pairs[int(self.rng.random() * len(pairs))]
             if self.equal_weights:
                 return a if (a.ewma + 1e-4) * (a.active + 1) <= (b.ewma + 1e-4) * (b.active + 1) else b
@@ -180,6 +188,20 @@ class P2CEwma(Selector):
             j += 1
         a, b = pool[i], pool[j]
         return a if _cost(a) <= _cost(b) else b
+
+    def quick(self) -> Callable[[], Candidate | None]:
+        if not self.equal_weights or not 1 < len(self.peers) <= _PAIRS_UP_TO:
+            return self.pick
+        # equal weights that never change: `pick` without its checks, its state bound once
+        pairs = self._pair_list()
+        count = len(pairs)
+        draw = self.rng.random
+
+        def pick_of_two() -> Candidate:
+            a, b = pairs[int(draw() * count)]
+            return a if (a.ewma + 1e-4) * (a.active + 1) <= (b.ewma + 1e-4) * (b.active + 1) else b
+
+        return pick_of_two
 
 
 def _cost(peer: Candidate) -> float:

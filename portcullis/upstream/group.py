@@ -203,7 +203,7 @@ class UpstreamGroup:
             return None
         if isinstance(self.selector, RoundRobin) and self.selector.equal_weights:
             return itertools.cycle(self.primaries).__next__  # equal weights: the peers in turn
-        return self.selector.pick  # type: ignore[return-value]
+        return self.selector.quick()  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ selection
     def available(self, peer: Peer, now: float) -> bool:

@@ -270,6 +270,31 @@ def test_p2c_simulated_latency_gives_the_slow_peer_few_requests() -> None:
     assert counts[id(ps[2])] / 3000 < 0.05, counts
 
 
+@pytest.mark.parametrize("n", [2, 3, 8])
+def test_p2c_quick_pick_makes_the_same_choices_as_pick(n: int) -> None:
+    """The first try's callable (`quick`) draws and compares exactly as `pick` does, loads and
+    latencies changing between picks."""
+    load = random.Random(5)
+    ps = [FakePeer(f"p{i}", ewma=0.010) for i in range(n)]
+    by_pick, by_quick = P2CEwma(ps, random.Random(3)), P2CEwma(ps, random.Random(3))
+    for selector in (by_pick, by_quick):
+        selector.fix_weights([1.0] * n)
+    quick = by_quick.quick()
+    assert quick != by_quick.pick  # equal weights: the specialised callable
+    for _ in range(2000):
+        for p in ps:
+            p.active, p.ewma = load.randrange(4), load.choice((0.010, 0.012, 0.050))
+        assert quick() is by_pick.pick()
+
+
+def test_p2c_quick_is_plain_pick_when_weights_differ_or_may_change() -> None:
+    ps = peers(1, 2, 1)
+    p2c = P2CEwma(ps, random.Random(0))
+    assert p2c.quick() == p2c.pick  # weights not fixed (slow start may change them)
+    p2c.fix_weights([1.0, 2.0, 1.0])
+    assert p2c.quick() == p2c.pick
+
+
 def test_p2c_with_one_or_no_eligible_peer() -> None:
     ps = peers(1, 1, 1)
     p2c = P2CEwma(ps, random.Random(0))
