@@ -162,14 +162,19 @@ class SetVar:
             store[key] = "1"
             return key
         value = self.value.render(txn)
-        amount = value[1:].strip()
-        if value[:1] in "+-" and amount.isascii() and amount.isdigit():
+        if arithmetic(value):
             current = to_int(store.get(key, "0"))
-            delta = int(amount)
+            delta = int(value[1:].strip())
             store[key] = str(current + delta if value[0] == "+" else current - delta)
         else:
             store[key] = value
         return key
+
+
+def arithmetic(value: str) -> bool:
+    """A setvar value that adds to or takes from what the variable holds (`+5`, `-1`)."""
+    amount = value[1:].strip()
+    return value[:1] in "+-" and amount.isascii() and amount.isdigit()
 
 
 def _split_target(target: str) -> tuple[str, str]:

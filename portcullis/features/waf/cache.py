@@ -9,10 +9,9 @@ distinct values costs what it would without caching, and memory stays bounded.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-if TYPE_CHECKING:
-    from portcullis.features.waf.request import Head, HttpRequest
+from portcullis.features.waf.request import Head, HttpRequest, head_key, parse_head
 
 D = TypeVar("D", bound=dict[Any, Any])
 
@@ -98,8 +97,6 @@ class Shared:
         """A request head's number, its headers' number and what it makes (parsed once per
         distinct head). A head is kept from its second time on: most request lines that carry
         argument values come once, and keeping what they make would only feed the collector."""
-        from portcullis.features.waf.request import head_key, parse_head
-
         self.budget.check()
         key = head_key(request)
         found = self.heads.get(key)

@@ -55,17 +55,23 @@ def _operator(
     return caps
 
 
-def _memo_fails(txn: Transaction, head: Rule, memo: dict[int, bool]) -> bool:
-    """The rule's first link found nothing before in the values it reads now (`Rule.memo`);
-    a rule of one target is tested by the caller, this is for several."""
+def _memo_fails(txn: Transaction, link: Rule, memo: dict[int, bool]) -> bool:
+    """The link found nothing before in the values it reads now (`Rule.memo`); the first link
+    of a rule of one target is tested by the caller."""
     if txn.removed_targets or txn.removed_targets_by_tag:
         return False
     numbers = txn.numbers
-    width = len(head.selectors)
-    for index, sel in enumerate(head.selectors):
+    width = len(link.selectors)
+    for index, sel in enumerate(link.selectors):
         if (numbers.get(sel.source) or txn.number(sel.source)) * width + index not in memo:
             return False
     return True
+
+
+def _chain_fails(txn: Transaction, links: tuple[tuple[Rule, dict[int, bool]], ...]) -> bool:
+    """A later link of a quiet rule (`Rule.memo_chain`) found nothing before in what it reads
+    now: the rule fails wherever its run stops, and the links before leave nothing behind."""
+    return any(_memo_fails(txn, link, memo) for link, memo in links)
 
 
 def _removed_targets(txn: Transaction, head: Rule) -> list[TargetSpec] | None:
@@ -190,6 +196,8 @@ class Evaluator:
                     ):
                         continue
                 elif _memo_fails(txn, entry, rule_memo):
+                    continue
+                if entry.memo_chain and _chain_fails(txn, entry.memo_chain):
                     continue
             matched = self.step(txn, entry)
             if record is not None:

@@ -73,6 +73,7 @@ def group(plan: Plan, budget: Budget, reads_matched: bool) -> None:
         links = _chain(rule)
         rule.quiet = not reads_matched and all(link.memo is not None for link in links)
         rule.quiet = rule.quiet and not any(_effects(link) for link in links[:-1])
+        rule.memo_chain = tuple((link, link.memo) for link in links[1:] if link.memo is not None) if rule.quiet else ()
     n = len(plan.rules)
     plan.groups = [None] * n
     i = 0

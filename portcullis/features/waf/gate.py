@@ -95,11 +95,15 @@ def through(ruleset: RuleSet, pipeline: int, value: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Reader:
-    """Gated rules read a collection through a pipeline, looking for these patterns."""
+    """Gated rules read a collection through a pipeline, looking for these patterns. A reader
+    whose pipeline changes nearly every value (`base64Decode`) has a database of its own
+    patterns (`db`, -1: none): its outputs are scanned against that, not against the whole
+    collection's: a small database is scanned faster, and finds the same of these patterns."""
 
     pipeline: int
     patterns: int  # a bit set
     transforms: tuple[Callable[[str], str], ...]
+    db: int = -1
 
 
 class CollectionGate:
@@ -184,9 +188,9 @@ class CollectionGate:
         outs = [value]
         for parent, fn in walk.steps:
             outs.append(fn(outs[parent]))
-        for slot, patterns in walk.reads:
+        for slot, patterns, own in walk.reads:
             out = outs[slot]
-            got = seen if out == value else hits(ruleset, db, out)
+            got = seen if out == value else hits(ruleset, db if own < 0 else own, out)
             if got:
                 found |= got & patterns
         return found
@@ -200,7 +204,7 @@ class Walk:
 
     same: int  # the patterns of readers that see the value unchanged
     steps: tuple[tuple[int, Callable[[str], str]], ...]
-    reads: tuple[tuple[int, int], ...]  # (slot, patterns)
+    reads: tuple[tuple[int, int, int], ...]  # (slot, patterns, the reader's own database or -1)
 
 
 def _walk(same: int, readers: list[Reader], ruleset: RuleSet) -> Walk:
@@ -218,7 +222,7 @@ def _walk(same: int, readers: list[Reader], ruleset: RuleSet) -> Walk:
             found = slots[pipeline] = len(steps)
         return found
 
-    reads = tuple((slot(r.pipeline), r.patterns) for r in readers)
+    reads = tuple((slot(r.pipeline), r.patterns, r.db) for r in readers)
     return Walk(same, tuple(steps), reads)
 
 

@@ -15,7 +15,7 @@ Without hyperscan the rules simply run their regexes.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from portcullis.features.waf.gate import CollectionGate, Reader, ids_of, mask, scan
@@ -32,6 +32,7 @@ from portcullis.features.waf.operators import (
 )
 from portcullis.features.waf.ruleset import Rule, RuleSet
 from portcullis.features.waf.tail import tail
+from portcullis.features.waf.transforms import ALWAYS, may_change
 
 try:
     import hyperscan
@@ -249,10 +250,27 @@ def build_prefilters(ruleset: RuleSet, paranoia: int = 4) -> None:
             link.prefilter = -1
             continue
         link.scan_dbs = tuple(-1 if sel.count else db_of.get((phase, sel.collection), -1) for sel in link.selectors)
-    _gates(ruleset, db_of)
+    _gates(ruleset, db_of, sources)
 
 
-def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int]) -> None:
+def _own_database(ruleset: RuleSet, patterns: int, sources: list[_Source], made: dict[int, int]) -> int:
+    """The index of a database of these patterns alone (made once per set), -1 when hyperscan
+    will not compile them apart (the reader then scans against its collection's database)."""
+    found = made.get(patterns)
+    if found is None:
+        try:
+            db = _compile_db(ids_of(patterns), sources)
+        except hyperscan.error:
+            found = -1
+        else:
+            found = len(ruleset.prefilters)
+            ruleset.prefilters.append(db)
+            ruleset.scan_cache.append(ruleset.budget.table({}))
+        made[patterns] = found
+    return found
+
+
+def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int], sources: list[_Source]) -> None:
     """Mark the rules a phase-wide scan may rule out: a positive prefiltered head whose targets
     are request data (no counts). The gate scans every item of the collections they read, so a
     pattern without a hit on any of them cannot match the rule either.
@@ -285,6 +303,7 @@ def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int]) -> None:
                     by_key.setdefault(key, {}).setdefault(pipeline, set()).add(entry.prefilter)
     made: dict[str, CollectionGate] = {}
     found_in: dict[str, dict[str, int]] = {}  # family -> value -> what its readers found
+    own: dict[int, int] = {}  # patterns -> their own database (`Reader.db`)
     for phase, collections in sorted(used.items()):
         gates: list[CollectionGate] = []
         for collection in sorted(collections):
@@ -296,6 +315,13 @@ def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int]) -> None:
                     readers[key] = tuple(
                         Reader(p, mask(ids), ruleset.pipelines[p]) for p, ids in sorted(by_pipeline.items())
                     )
+                # a reader that transforms every value scans its outputs against its own patterns
+                readers[None] = tuple(
+                    replace(r, db=_own_database(ruleset, r.patterns, sources, own))
+                    if may_change(r.transforms) is ALWAYS
+                    else r
+                    for r in readers.get(None, ())
+                )
                 every = readers.pop(None, ())
                 keyed = {key: found for key, found in readers.items() if key is not None}
                 gate = made[collection] = CollectionGate(collection, db_of[(phase, collection)], every, keyed)

@@ -8,15 +8,19 @@ writes, in order, are kept per number (`Rule.replay`) and applied at once the ne
 instead of a transform, a cache lookup, a capture and a setvar per value.
 
 Only writes that cannot depend on what TX held before qualify: no arithmetic (`=+5`), no
-removal, no macro but the capture groups and the matched variable. A capture group a match
+removal, no macro but the capture groups and the matched variable. A value that starts with
+a macro (`setvar:tx.ua_hash=%{MATCHED_VAR}`, CRS 901318 on every request) is arithmetic only
+when what it expands to is (`+5`): a run where it was is not kept. A capture group a match
 did not set (fewer groups than the setvar reads) would read an older value: such a run is
-not kept.
+not kept either.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from portcullis.features.waf.actions import arithmetic
 
 if TYPE_CHECKING:
     from portcullis.features.waf.actions import SetVar, Template
@@ -64,14 +68,20 @@ def _setvar_needs(setvar: SetVar, capture: bool) -> int | None:
     if setvar.remove or setvar.collection != "TX":
         return None  # a removal depends on what is there; another store is not replayed
     value = setvar.value
-    first = value.parts[0] if value.parts else value.text
-    if setvar.has_value and (not isinstance(first, str) or first[:1] in ("+", "-")):
-        return None  # may be arithmetic on what TX held
+    if setvar.has_value and _opening(setvar)[:1] in ("+", "-"):
+        return None  # arithmetic on what TX held (a macro first is looked at as it expands)
     target = _groups_read(setvar.target, capture)
     text = _groups_read(value, capture)
     if target is None or text is None:
         return None
     return max(target, text)
+
+
+def _opening(setvar: SetVar) -> str:
+    """The literal text a setvar's value starts with ("" when it starts with a macro)."""
+    parts = setvar.value.parts
+    first = parts[0] if parts else setvar.value.text
+    return first if isinstance(first, str) else ""
 
 
 def groups_needed(link: Rule) -> int | None:
@@ -114,6 +124,8 @@ class Trail:
                 tx[digit] = cap
                 writes.append((digit, cap))
         for setvar in link.setvar_ops:
+            if setvar.has_value and not _opening(setvar) and arithmetic(setvar.value.render(txn)):
+                self.whole = False  # a macro that expanded to `+5`: it added to what TX held
             key = setvar.apply(txn)
             writes.append((key, tx[key]))
 

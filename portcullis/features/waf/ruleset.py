@@ -85,6 +85,9 @@ class Rule:
     memo: dict[int, bool] | None = None
     memo_collections: tuple[str, ...] = ()
     memo_source: str | None = None  # with a memo and one target: its source (request.source)
+    # a quiet rule's later links and their memos (fold.group): one that found nothing in what it
+    # reads now fails the rule, whatever the links before it find
+    memo_chain: tuple[tuple[Rule, dict[int, bool]], ...] = ()
     # number -> what the link's matches wrote there (replay.py), when that depends on them alone
     replays: dict[int, Replay] | None = None
     replay_groups: int = 0  # the capture groups a match must set to be replayed

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from dataclasses import replace
+from urllib.parse import quote
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -110,3 +112,44 @@ def test_a_one_target_rule_that_found_nothing_is_not_run_on_the_same_values(monk
     assert [m.rule_id for m in waf.evaluate(fine).matches] == []
     assert 1 not in stepped  # known to fail on these headers
     assert [m.rule_id for m in waf.evaluate(evil).matches] == [1, 2]
+
+
+# CRS 934100's transformations (every value is base64-decoded), next to plain readers of ARGS
+OWN_DB_RULES = (
+    'SecRule ARGS "@rx (?:\\beval|new\\s+Function)\\s*\\(" '
+    '"id:1,phase:2,pass,t:none,t:urlDecodeUni,t:base64Decode,multiMatch,msg:b64"\n'
+    'SecRule ARGS "@rx (?i)select\\s+\\w+" "id:2,phase:2,pass,t:lowercase,msg:sql"\n'
+    'SecRule ARGS "@rx evil" "id:3,phase:2,pass,msg:plain"'
+)
+B64_VALUES = st.one_of(
+    st.text(alphabet="evalnwFuctio( sSELCT+%2", max_size=16),
+    st.sampled_from(["eval(1)", "new Function (", "select x"]).map(lambda v: base64.b64encode(v.encode()).decode()),
+)
+
+
+def _args_gate(waf: Waf) -> CollectionGate:
+    return next(g for g in waf.ruleset.gates[2] if g.collection == "ARGS")
+
+
+def test_a_reader_that_changes_every_value_scans_against_its_own_patterns() -> None:
+    waf = Waf.from_text(OWN_DB_RULES)
+    gate = _args_gate(waf)
+    (reader,) = gate.always
+    assert reader.db >= 0 and reader.db != gate.db
+    hidden = base64.b64encode(b"eval(1)").decode()
+    assert [m.rule_id for m in waf.evaluate(req(f"/?a={hidden}")).matches] == [1]
+    assert "eval(1)" in waf.ruleset.scan_cache[reader.db]  # the decoded value met the small database
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(B64_VALUES, min_size=1, max_size=3))
+def test_a_readers_own_database_finds_what_the_collections_finds(values: list[str]) -> None:
+    fast = Waf.from_text(OWN_DB_RULES)
+    slow = Waf.from_text(OWN_DB_RULES)
+    gate = _args_gate(slow)
+    gate.always = tuple(replace(r, db=-1) for r in gate.always)
+    gate.plans.clear()
+    query = "&".join(f"a{i}={quote(v)}" for i, v in enumerate(values))
+    txn_fast, txn_slow = fast.evaluate(req(f"/?{query}")), slow.evaluate(req(f"/?{query}"))
+    assert txn_fast.gate_hits == txn_slow.gate_hits
+    assert [m.rule_id for m in txn_fast.matches] == [m.rule_id for m in txn_slow.matches]

@@ -79,11 +79,47 @@ def test_only_writes_that_do_not_depend_on_tx_are_replayed() -> None:
     assert _replays(rule % "tx.x=/%{tx.1}/")
     assert _replays(rule % "tx.x_%{matched_var_name}=1")
     assert not _replays(rule % "tx.x=+1")  # arithmetic on what TX holds
-    assert not _replays(rule % "tx.x=%{tx.1}")  # so is a capture "+1"
+    assert _replays(rule % "tx.x=%{tx.1}")  # unless a capture is "+1": looked at as it runs
     assert not _replays(rule % "!tx.x")  # a removal
     assert not _replays(rule % "tx.x=%{tx.other}")  # another variable
     assert not _replays(rule % "ip.x=1")  # another store
     assert not _replays('SecRule ARGS "!@rx a" "id:1,phase:2,pass,setvar:tx.x=1"')  # negated
+
+
+# CRS 901318: the user agent's hash, on every request
+UA_HASH = (
+    'SecRule REQUEST_HEADERS:User-Agent "@rx ^.*$" "id:1,phase:1,pass,t:none,t:sha1,t:hexEncode,'
+    "setvar:'tx.ua_hash=%{MATCHED_VAR}'\"\n"
+    'SecRule TX:ua_hash "@rx ^(.)" "id:2,phase:1,pass,capture,msg:\'%{tx.0}\'"'
+)
+
+
+def test_a_value_set_from_the_matched_variable_replays() -> None:
+    waf = Waf.from_text(UA_HASH)
+    link = waf.ruleset.rules_by_id[1]
+    request = HttpRequest("GET", "/?a=1", "HTTP/1.1", [("User-Agent", "curl")])
+    first = _outcome(waf.evaluate(request))
+    assert link.replays is not None and len(link.replays) == 1
+    link.operator = None  # type: ignore[assignment]  # a replay does not call it
+    again = waf.evaluate(HttpRequest("GET", "/?a=2", "HTTP/1.1", [("User-Agent", "curl")]))
+    assert _outcome(again) == first
+    assert len(again.tx["ua_hash"]) == 40
+
+
+def test_a_macro_that_expands_to_arithmetic_is_not_replayed() -> None:
+    # the header's "+5" adds to what rule 1 set from the query: it differs from run to run
+    text = (
+        'SecRule ARGS:base "@rx ^\\d+$" "id:1,phase:1,pass,setvar:tx.score=%{MATCHED_VAR}"\n'
+        'SecRule REQUEST_HEADERS:X-Delta "@rx ." "id:2,phase:1,pass,setvar:tx.score=%{MATCHED_VAR}"'
+    )
+    fast = Waf.from_text(text)
+    slow = _without_replays(Waf.from_text(text))
+    for base, delta, score in (("10", "+5", "15"), ("20", "+5", "25"), ("20", "7", "7"), ("30", "7", "7")):
+        request = HttpRequest("GET", f"/?base={base}", "HTTP/1.1", [("X-Delta", delta)])
+        txn = fast.evaluate(request)
+        assert txn.tx["score"] == score
+        assert _outcome(txn) == _outcome(slow.evaluate(request))
+    assert len(fast.ruleset.rules_by_id[2].replays or {}) == 1  # the plain "7" alone
 
 
 def test_a_match_without_the_groups_a_setvar_reads_is_not_replayed() -> None:
