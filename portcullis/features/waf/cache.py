@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
-from portcullis.features.waf.request import Head, HttpRequest, head_key, parse_head
+from portcullis.features.waf.request import Head, HeaderPart, HttpRequest, head_key, parse_head, parse_headers
 
 D = TypeVar("D", bound=dict[Any, Any])
 
@@ -92,18 +92,25 @@ class Shared:
         self.numbers = Numbers(self.budget)
         self.heads: dict[tuple[tuple[str, str], ...], tuple[int, int, Head]] = self.budget.table({})
         self.seen: dict[int, bool] = self.budget.table({})  # hashes of heads met once
+        self.parts: dict[int, HeaderPart] = self.budget.table({})  # headers' number -> what they make
 
     def head(self, request: HttpRequest) -> tuple[int, int, Head]:
         """A request head's number, its headers' number and what it makes (parsed once per
         distinct head). A head is kept from its second time on: most request lines that carry
-        argument values come once, and keeping what they make would only feed the collector."""
+        argument values come once, and keeping what they make would only feed the collector.
+        What the headers make is kept from the first time: they come again with the next line."""
         self.budget.check()
         key = head_key(request)
         found = self.heads.get(key)
         if found is None:
-            head = parse_head(request)
-            self.numbers.last += 1
-            found = (self.numbers.last, self.numbers.number(head.collections["REQUEST_HEADERS"]), head)
+            numbers = self.numbers
+            headers_number = numbers.number(request.headers)
+            part = self.parts.get(headers_number)
+            if part is None:
+                part = self.parts[headers_number] = parse_headers(request.headers)
+                self.budget.charge(sum([len(n) + len(v) for n, v in part.cookies]) + 1)
+            numbers.last += 1
+            found = (numbers.last, headers_number, parse_head(request, part))
             hashed = hash(key)
             if hashed in self.seen:
                 self.heads[key] = found

@@ -1,7 +1,8 @@
 """The request as the WAF sees it: `HttpRequest`, and the collections its head makes.
 
 The head (method, target, protocol, headers) is parsed into collections once per distinct head
-(`Shared.head`): requests repeat heads a lot, and the parsed lists are only ever read. Collections
+(`Shared.head`), what the headers make once per distinct headers: requests repeat heads a lot,
+and headers more, and the parsed lists are only ever read. Collections
 the head alone makes, and those the body processor makes from head and body, are numbered as a
 whole (`HEAD_MADE`, `BODY_MADE`: see `Transaction.number`); the headers have their own number,
 so what rules found in them holds for requests that differ in their request line alone.
@@ -96,17 +97,19 @@ def header(headers: Pairs, name: str) -> str | None:
     return None
 
 
-def parse_head(req: HttpRequest) -> Head:
-    uri = req.uri
-    path = uri
-    if "://" in uri[:10]:  # absolute form
-        rest = uri.split("://", 1)[1]
-        slash = rest.find("/")
-        path = rest[slash:] if slash >= 0 else "/"
-    filename, _, query = path.partition("?")
-    filename = filename.partition("#")[0]
-    basename = filename.rsplit("/", 1)[-1]
-    headers = list(req.headers)
+@dataclass(slots=True)
+class HeaderPart:
+    """What the headers alone make. Parsed once per distinct set of headers (`Shared.head`): a
+    client sends the same ones with every request line, which is what is mostly new."""
+
+    headers: Pairs
+    cookies: Pairs
+    size: int  # what they add to FULL_REQUEST_LENGTH
+    processor: str | None
+
+
+def parse_headers(pairs: Pairs) -> HeaderPart:
+    headers = list(pairs)
     names = [name.lower() for name, _ in headers]  # once: read for cookies and the content type
     cookies: Pairs = []
     for name, (_, value) in zip(names, headers, strict=True) if "cookie" in names else ():
@@ -117,13 +120,39 @@ def parse_head(req: HttpRequest) -> Head:
                     continue
                 cname, _, cvalue = piece.partition("=")
                 cookies.append((cname.strip(), cvalue.strip()))
+    low = headers[names.index("content-type")][1].lower() if "content-type" in names else ""
+    processor: str | None = None
+    if low.startswith("application/x-www-form-urlencoded"):
+        processor = "URLENCODED"
+    elif low.startswith("multipart/form-data"):
+        processor = "MULTIPART"
+    elif low.startswith("application/json") or "+json" in low:
+        processor = "JSON"
+    elif low.startswith(("text/xml", "application/xml")) or "+xml" in low:
+        processor = "XML"
+    return HeaderPart(headers, cookies, sum([len(n) + len(v) + 4 for n, v in headers]), processor)
+
+
+def parse_head(req: HttpRequest, part: HeaderPart | None = None) -> Head:
+    """What the head makes; `part`: what its headers make, when known."""
+    if part is None:
+        part = parse_headers(req.headers)
+    uri = req.uri
+    path = uri
+    if "://" in uri[:10]:  # absolute form
+        rest = uri.split("://", 1)[1]
+        slash = rest.find("/")
+        path = rest[slash:] if slash >= 0 else "/"
+    filename, _, query = path.partition("?")
+    filename = filename.partition("#")[0]
+    basename = filename.rsplit("/", 1)[-1]
     args_get = bodies.parse_urlencoded(query)
     collections: dict[str, Pairs] = {
         "ARGS_GET": args_get,
         "ARGS_POST": [],
         "ARGS": list(args_get),
-        "REQUEST_HEADERS": headers,
-        "REQUEST_COOKIES": cookies,
+        "REQUEST_HEADERS": part.headers,
+        "REQUEST_COOKIES": part.cookies,
         "FILES": [],
         "FILES_SIZES": [],
         "FILES_TMPNAMES": [],
@@ -153,17 +182,7 @@ def parse_head(req: HttpRequest) -> Head:
         "AUTH_TYPE": "",
         "REMOTE_USER": "",
         "REQUEST_BODY_LENGTH": "0",
-        "FULL_REQUEST_LENGTH": str(len(line) + sum([len(n) + len(v) + 4 for n, v in headers])),
+        "FULL_REQUEST_LENGTH": str(len(line) + part.size),
         "ARGS_COMBINED_SIZE": str(sum([len(k) + len(v) for k, v in args_get])),
     }
-    low = headers[names.index("content-type")][1].lower() if "content-type" in names else ""
-    processor: str | None = None
-    if low.startswith("application/x-www-form-urlencoded"):
-        processor = "URLENCODED"
-    elif low.startswith("multipart/form-data"):
-        processor = "MULTIPART"
-    elif low.startswith("application/json") or "+json" in low:
-        processor = "JSON"
-    elif low.startswith(("text/xml", "application/xml")) or "+xml" in low:
-        processor = "XML"
-    return Head(collections, scalars, processor)
+    return Head(collections, scalars, part.processor)

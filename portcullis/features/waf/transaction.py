@@ -45,6 +45,49 @@ _NAMED = {
 class Transaction:
     """One request's evaluation: built by the ruleset for every request, never shared."""
 
+    # more attributes than an instance dict shares its keys for: slots make it cheap to build
+    __slots__ = (
+        "allowed",
+        "body_key",
+        "body_processor",
+        "collections",
+        "disruptive",
+        "folded",
+        "gate_hits",
+        "head_matched",
+        "matched_text",
+        "matched_var",
+        "matched_var_name",
+        "matched_vars",
+        "matches",
+        "named",
+        "numbers",
+        "persistent",
+        "removed_ids",
+        "removed_ranges",
+        "removed_tags",
+        "removed_targets",
+        "removed_targets_by_tag",
+        "removing",
+        "reported",
+        "request",
+        "rule_engine",
+        "rule_id",
+        "rule_msg",
+        "rule_severity",
+        "scalars",
+        "selected",
+        "shared",
+        "started",
+        "tx",
+        "tx_dropped",
+        "tx_keys",
+        "tx_seed",
+        "tx_seed_dropped",
+        "tx_seed_keys",
+        "unique_id",
+    )
+
     def __init__(self, request: HttpRequest, unique_id: str = "", shared: Shared | None = None) -> None:
         self.request = request
         self.shared = shared if shared is not None else Shared()
