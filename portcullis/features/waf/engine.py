@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import operator
+from collections.abc import Callable
 
 from portcullis.features.waf.actions import Ctl
 from portcullis.features.waf.cache import Budget
@@ -21,18 +22,20 @@ _DIGITS = tuple(str(d) for d in range(10))
 _MISS: list[str] = []  # not in an operator cache (a cached result is a list or None)
 
 
-def _multimatch_values(rule: Rule, value: str, budget: Budget) -> tuple[str, ...]:
-    """The value, then each different output of the rule's transformations (cached per rule)."""
+def _multimatch_values(rule: Rule, value: str, budget: Budget, changes: Callable[[str], bool]) -> tuple[str, ...]:
+    """The value, then each different output of the rule's transformations (cached per rule);
+    `changes` is the pipeline's test (`RuleSet.changes`): a value no step changes is alone."""
     cache = rule.stages
     if cache is not None:
         found = cache.get(value)
         if found is not None:
             return found
     values = [value]
-    for fn in rule.transforms:
-        nxt = fn(values[-1])
-        if nxt != values[-1]:
-            values.append(nxt)
+    if changes(value):
+        for fn in rule.transforms:
+            nxt = fn(values[-1])
+            if nxt != values[-1]:
+                values.append(nxt)
     out = tuple(values)  # a tuple of str: the collector stops walking it
     if cache is not None:
         cache[value] = out
@@ -377,7 +380,7 @@ class Evaluator:
             else:
                 for name, raw in pairs:
                     if multimatch:
-                        candidates = _multimatch_values(link, raw, budget)
+                        candidates = _multimatch_values(link, raw, budget, ruleset.changes[pipeline])
                     else:
                         candidates = (raw if plain else through(ruleset, pipeline, raw),)
                     for value in candidates:

@@ -68,7 +68,9 @@ def hits(ruleset: RuleSet, db: int, value: str) -> int:
 def through(ruleset: RuleSet, pipeline: int, value: str) -> str:
     """The value through a pipeline, cached. Only the last step's output is kept: most steps
     leave a value as it is and return at once, which costs less than caching what each made;
-    the output of the pipeline less its last step is used when it is at hand."""
+    the output of the pipeline less its last step is used when it is at hand. A new value that
+    no step can change (one test for the whole pipeline, `RuleSet.changes`) is not run through
+    the steps at all: a call per step costs more than the test."""
     funcs = ruleset.pipelines[pipeline]
     if not funcs:
         return value
@@ -78,6 +80,8 @@ def through(ruleset: RuleSet, pipeline: int, value: str) -> str:
         out = ruleset.transform_cache[ruleset.parents[pipeline]].get(value)
         if out is not None:
             out = funcs[-1](out)
+        elif not ruleset.changes[pipeline](value):
+            out = value
         else:
             out = value
             for fn in funcs:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -124,9 +125,12 @@ class RuleSet:
     shared: Shared = field(init=False)  # with the transactions: numbers, parsed heads
     # per phase: the collections its gated rules read, with how (prefilter.py, gate.py)
     gates: dict[int, tuple[CollectionGate, ...]] = field(default_factory=dict)
+    # per pipeline: False only when no step can change a value (transforms.may_change)
+    changes: list[Callable[[str], bool]] = field(init=False)
 
     def __post_init__(self) -> None:
         self.shared = Shared(self.budget)
+        self.changes = [T.may_change(funcs) for funcs in self.pipelines]
 
     def phase_used(self, phase: int) -> bool:
         return any(isinstance(e, Rule) for e in self.phases.get(phase, ()))

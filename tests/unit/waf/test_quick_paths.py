@@ -114,6 +114,33 @@ def test_a_one_target_rule_that_found_nothing_is_not_run_on_the_same_values(monk
     assert [m.rule_id for m in waf.evaluate(evil).matches] == [1, 2]
 
 
+
+def test_a_new_value_no_step_can_change_is_not_run_through_the_steps() -> None:
+    # negated operators: no prefilter, so the rules read every value themselves
+    waf = Waf.from_text(
+        'SecRule ARGS "!@streq abc" "id:1,phase:2,pass,t:urlDecodeUni,t:lowercase,msg:one"\n'
+        'SecRule ARGS "!@streq abc" "id:2,phase:2,pass,t:urlDecodeUni,t:lowercase,multiMatch,msg:each"'
+    )
+    calls: list[str] = []
+
+    def counted(fn: T.Transform) -> T.Transform:
+        def step(v: str) -> str:
+            calls.append(v)
+            return fn(v)
+
+        return step
+
+    ruleset = waf.ruleset
+    ruleset.pipelines[:] = [tuple(counted(fn) for fn in funcs) for funcs in ruleset.pipelines]
+    multi = ruleset.rules_by_id[2]
+    multi.transforms = tuple(counted(fn) for fn in multi.transforms)
+    assert [m.rule_id for m in waf.evaluate(req("/?a=abc&b=abc")).matches] == []
+    assert calls == []  # the tests of `RuleSet.changes` vouch for the value as it is
+    # values a step changes still go through them: rule 1 sees "abc", multiMatch the value first
+    assert [m.rule_id for m in waf.evaluate(req("/?a=ABC")).matches] == [2]
+    assert calls
+    assert [m.rule_id for m in waf.evaluate(req("/?a=ab%2543")).matches] == [2]  # ab%43 -> abC -> abc
+
 # CRS 934100's transformations (every value is base64-decoded), next to plain readers of ARGS
 OWN_DB_RULES = (
     'SecRule ARGS "@rx (?:\\beval|new\\s+Function)\\s*\\(" '
