@@ -56,6 +56,7 @@ class Numbers:
         self.budget = budget
         self.numbers: dict[tuple[tuple[str, str], ...], int] = budget.table({})
         self.scalars: dict[str, int] = budget.table({})  # a scalar variable's value -> number
+        self.bodies: dict[tuple[int, str, str], int] = budget.table({})  # (head, processor, body) -> number
         self.empty = self.last = 1  # no pairs: the most common content, kept across resets
 
     def number(self, pairs: list[tuple[str, str]]) -> int:
@@ -80,6 +81,19 @@ class Numbers:
             found = self.scalars[value] = self.last
             budget = self.budget
             budget.chars += len(value) + 1
+            budget.entries += 1
+        return found
+
+    def body(self, head: int, processor: str, text: str) -> int:
+        """The number of a head's number with a body processor and a body, keyed by them as they
+        are: no pairs to build, no head number to make a string of. Only "body" is numbered so."""
+        key = (head, processor, text)
+        found = self.bodies.get(key)
+        if found is None:
+            self.last += 1
+            found = self.bodies[key] = self.last
+            budget = self.budget
+            budget.chars += len(processor) + len(text) + 1
             budget.entries += 1
         return found
 

@@ -132,7 +132,7 @@ class Transaction:
         self.selected: dict[int, Selected] = {}  # selector slot -> its (name, value) pairs
         # source (request.source) -> its content's number
         self.numbers: dict[str, int] = {"": number, "headers": headers_number}
-        self.body_key: tuple[tuple[str, str], ...] | None = None  # (processor, body) once loaded
+        self.body_key: tuple[str, str] | None = None  # (processor, body) once loaded
         self.gate_hits: dict[int, int] = {}  # phase -> prefilter ids any gated value hit (bits)
         self.named: dict[str, Pairs] = {}  # the *_NAMES collections
         self.folded: bool | None = None  # runs the folded plans (fold.py); None: not decided yet
@@ -181,7 +181,7 @@ class Transaction:
         if self.body_processor in (None, "URLENCODED"):
             # as in ModSecurity: the raw body only with the URL-encoded processor, or none
             self.scalars["REQUEST_BODY"] = text
-        self.body_key = (("", self.body_processor or ""), ("", text))
+        self.body_key = (self.body_processor or "", text)
         self.numbers.pop("body", None)
         self.scalars["REQUEST_BODY_LENGTH"] = str(len(body))
         self.scalars["FULL_REQUEST_LENGTH"] = str(int(self.scalars["FULL_REQUEST_LENGTH"]) + len(body))
@@ -262,14 +262,17 @@ class Transaction:
                 if self.body_key is None:
                     found = self.numbers[""]
                 else:
-                    key = [("", str(self.numbers[""])), *self.body_key]
-                    found = self.shared.numbers.number(key)
+                    found = self.shared.numbers.body(self.numbers[""], *self.body_key)
             else:
-                value = self.scalars.get(name)
-                if value is not None and name not in self.collections:
-                    found = self.shared.numbers.scalar(value)  # what `items` makes of it, in one step
+                pairs = self.collections.get(name)  # what `items` gives first (empty: `number` at once)
+                if pairs is not None:
+                    found = self.shared.numbers.number(pairs)
                 else:
-                    found = self.shared.numbers.number(self.items(name))
+                    value = self.scalars.get(name)
+                    if value is not None:
+                        found = self.shared.numbers.scalar(value)  # what `items` makes of it, in one step
+                    else:
+                        found = self.shared.numbers.number(self.items(name))
             self.numbers[name] = found
         return found
 

@@ -490,6 +490,13 @@ def ALWAYS(v: str) -> bool:  # a constant, compared by identity
     return True
 
 
+def _probe(seq: str) -> str:
+    """A character of a sequence to look for first: a single character is found by `memchr`,
+    many times faster than a sequence, and a value without it cannot hold the sequence. A mark
+    is rarer in a value than a letter, a digit or a space (which would rarely rule it out)."""
+    return min(seq, key=lambda c: c.isalnum() or c.isspace())
+
+
 def may_change(fns: tuple[Transform, ...] | list[Transform]) -> Callable[[str], bool]:
     """A test that is False only when every one of these transformations leaves a value as it is
     (those without a `Change` always count as changing)."""
@@ -507,7 +514,9 @@ def may_change(fns: tuple[Transform, ...] | list[Transform]) -> Callable[[str], 
     upper = set(_UPPERS) <= set(chars)
     lower = set(_UPPERS.lower()) <= set(chars)
     cased = (_UPPERS if upper else "") + (_UPPERS.lower() if lower else "")
-    needles = tuple(c for c in chars if c not in cased) + seqs
+    needles = tuple(c for c in chars if c not in cased)
+    # a sequence holding one of the characters cannot be there once they were all looked for
+    probed = tuple((seq, _probe(seq)) for seq in seqs if not set(seq) & set(needles))
 
     def test(v: str) -> bool:
         if nonascii and not v.isascii():
@@ -518,6 +527,9 @@ def may_change(fns: tuple[Transform, ...] | list[Transform]) -> Callable[[str], 
             return True
         for needle in needles:
             if needle in v:
+                return True
+        for seq, probe in probed:
+            if probe in v and seq in v:
                 return True
         if ends and v and (v[0] in ends or v[-1] in ends):
             return True
@@ -552,7 +564,8 @@ def change_bits(fns: tuple[Transform, ...]) -> Callable[[str], int]:
             ends[char] = ends.get(char, 0) | bit
         dot |= bit if spec.dot else 0
         nonascii |= bit if spec.nonascii else 0
-    pairs = tuple(needles.items())
+    pairs = tuple((needle, bits) for needle, bits in needles.items() if len(needle) == 1)
+    probed = tuple((seq, _probe(seq), bits) for seq, bits in needles.items() if len(seq) > 1)
 
     def test(v: str) -> int:
         changed = always
@@ -564,6 +577,9 @@ def change_bits(fns: tuple[Transform, ...]) -> Callable[[str], int]:
             changed |= lower
         for needle, bits in pairs:
             if bits & ~changed and needle in v:
+                changed |= bits
+        for seq, probe, bits in probed:
+            if bits & ~changed and probe in v and seq in v:
                 changed |= bits
         if ends and v:
             changed |= ends.get(v[0], 0) | ends.get(v[-1], 0)

@@ -71,3 +71,38 @@ def test_an_anchored_literal_is_hit_by_every_value_its_operator_matches(value: s
         if rule.operator(value, str) is not None:
             found = scan(waf.ruleset.prefilters[rule.scan_dbs[0]], value)
             assert found >> rule.prefilter & 1, (rule_id, value)
+
+
+def test_a_body_is_numbered_by_its_head_processor_and_text_alone() -> None:
+    numbers = Numbers(Budget())
+    head = numbers.number([("", "GET")])
+    body = numbers.body(head, "URLENCODED", "a=1")
+    assert numbers.body(head, "URLENCODED", "a=1") == body
+    others = {numbers.body(head + 1, "URLENCODED", "a=1"), numbers.body(head, "JSON", "a=1")}
+    others |= {numbers.body(head, "URLENCODED", "a=2"), numbers.body(head, "", "")}
+    assert len(others | {body, head, numbers.number([]), numbers.scalar("a=1")}) == 8
+    numbers.budget.max_entries = 0
+    numbers.budget.check()
+    assert numbers.body(head, "URLENCODED", "a=1") not in others | {body}  # numbers are never given again
+
+
+BODY_RULES = (
+    'SecRule REQUEST_BODY "@contains evil" "id:1,phase:2,pass,t:none,msg:a"\n'
+    'SecRule ARGS|FILES|XML:/* "@rx ev[i]l" "id:2,phase:2,pass,t:lowercase,msg:b"\n'
+    'SecRule ARGS_NAMES "@streq evil" "id:3,phase:2,pass,t:none,msg:c"\n'
+)
+BODIES = st.sampled_from(["", "a=evil", "a=EVIL", "evil=1", "a=1&b=evil", "<x>evil</x>", "a=1"])
+TYPES = st.sampled_from(["application/x-www-form-urlencoded", "text/xml", "multipart/form-data; boundary=b"])
+
+
+@given(st.lists(st.tuples(st.sampled_from(["/", "/a"]), TYPES, BODIES), max_size=6))
+@settings(max_examples=150, deadline=None)
+def test_bodies_and_body_made_collections_numbered_answer_as_the_long_way(
+    requests: list[tuple[str, str, str]],
+) -> None:
+    fast = Waf.from_text(BODY_RULES)
+    for path, content_type, body in requests:
+        headers = [("Host", "h"), ("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        request = HttpRequest("POST", path, "HTTP/1.1", headers, body=body.encode())
+        slow = Waf(compile_ruleset([("<inline>", BODY_RULES)]))
+        assert ids(fast.evaluate(request)) == ids(slow.evaluate(request))

@@ -67,6 +67,39 @@ def test_change_bits_is_each_transformations_own_test(value: str) -> None:
     assert T.change_bits(FUNCS)(value) == expected
 
 
+def plain_may_change(fns: tuple[T.Transform, ...], value: str) -> bool:
+    """Each character, sequence, end character of each transformation looked for on its own."""
+    for spec in (T.CHANGES[fn] for fn in fns):
+        if any(c in value for c in spec.chars) or any(q in value for q in spec.seqs):
+            return True
+        if value and (value[0] in spec.ends or value[-1] in spec.ends):
+            return True
+        if (spec.dot and value == ".") or (spec.nonascii and not value.isascii()):
+            return True
+    return False
+
+
+# no non-ASCII letter: a whole case of letters is tested by comparing cases, which a letter
+# past ASCII may change too; the sequences (and their characters) among much else
+PROBED = " /(*-#0x\\aAzZ.\t\x00\xa0\x80"
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.sampled_from(list(T.CHANGES)), min_size=1, max_size=5, unique=True), st.text(PROBED, max_size=10))
+def test_sequences_found_through_one_of_their_characters_are_found_as_plainly(
+    fns: list[T.Transform], value: str
+) -> None:
+    funcs = tuple(fns)
+    assert T.may_change(funcs)(value) == plain_may_change(funcs, value)
+    expected = sum(1 << i for i, fn in enumerate(funcs) if plain_may_change((fn,), value))
+    assert T.change_bits(funcs)(value) == expected
+
+
+def test_a_sequence_is_looked_for_through_a_mark_rather_than_a_space_or_letter() -> None:
+    assert T._probe(" (") == "(" and T._probe("0x") == "0" and T._probe("  ") == " "
+    assert T.may_change((T.cmd_line,))("a (b") and not T.may_change((T.cmd_line,))("a b(")
+
+
 def req(uri: str) -> HttpRequest:
     return HttpRequest("GET", uri, headers=[("Host", "x")])
 
