@@ -65,11 +65,7 @@ class Numbers:
         key = tuple(pairs)
         found = self.numbers.get(key)
         if found is None:
-            self.last += 1
-            found = self.numbers[key] = self.last
-            budget = self.budget
-            budget.chars += sum([len(n) + len(v) for n, v in pairs]) + 1
-            budget.entries += 1
+            found = self._issue(self.numbers, key, sum([len(n) + len(v) for n, v in pairs]) + 1)
         return found
 
     def scalar(self, value: str) -> int:
@@ -77,11 +73,7 @@ class Numbers:
         and hash. A source is numbered either way, always the same, so the two never meet."""
         found = self.scalars.get(value)
         if found is None:
-            self.last += 1
-            found = self.scalars[value] = self.last
-            budget = self.budget
-            budget.chars += len(value) + 1
-            budget.entries += 1
+            found = self._issue(self.scalars, value, len(value) + 1)
         return found
 
     def body(self, head: int, processor: str, text: str) -> int:
@@ -90,12 +82,18 @@ class Numbers:
         key = (head, processor, text)
         found = self.bodies.get(key)
         if found is None:
-            self.last += 1
-            found = self.bodies[key] = self.last
-            budget = self.budget
-            budget.chars += len(processor) + len(text) + 1
-            budget.entries += 1
+            found = self._issue(self.bodies, key, len(processor) + len(text) + 1)
         return found
+
+    def _issue(self, table: dict[Any, int], key: Any, chars: int) -> int:
+        """A new number for `key` in one of the tables, charged to the budget (a key of `chars`
+        characters). The hit path of the callers stays a dict lookup."""
+        self.last += 1
+        table[key] = self.last
+        budget = self.budget
+        budget.chars += chars
+        budget.entries += 1
+        return self.last
 
 
 class Shared:

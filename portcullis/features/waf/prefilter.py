@@ -316,13 +316,12 @@ def _gates(ruleset: RuleSet, db_of: dict[tuple[int, str], int], sources: list[_S
                         Reader(p, mask(ids), ruleset.pipelines[p]) for p, ids in sorted(by_pipeline.items())
                     )
                 # a reader that transforms every value scans its outputs against its own patterns
-                readers[None] = tuple(
+                every = tuple(
                     replace(r, db=_own_database(ruleset, r.patterns, sources, own))
                     if may_change(r.transforms) is ALWAYS
                     else r
-                    for r in readers.get(None, ())
+                    for r in readers.pop(None, ())
                 )
-                every = readers.pop(None, ())
                 keyed = {key: found for key, found in readers.items() if key is not None}
                 gate = made[collection] = CollectionGate(collection, db_of[(phase, collection)], every, keyed)
                 if family not in found_in:
