@@ -7,6 +7,8 @@ the connection closed, so nothing ambiguous ever becomes an exchange or reaches 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections import deque
 from typing import TYPE_CHECKING
 
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
 
 _STATUS_LINES: dict[int, bytes] = {}
 _GATHER_AT = 16 * 1024
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 # connection states, for the watchdog
 _IDLE, _HEAD, _BODY, _WAIT, _TUNNEL = range(5)
@@ -45,6 +48,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
     __slots__ = (
         "_active",
         "_closing",
+        "_final_left",
         "_keep_alive",
         "_listener",
         "_out",
@@ -83,6 +87,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._tunnel_pending: list[bytes] | None = None
         self._resp_chunked = False
         self._out: bytes | None = None
+        # body bytes before the last write of a response the connection closes after; -1: none (see _cork)
+        self._final_left = -1
         self._keep_alive = True
         self._version = "1.1"
 
@@ -237,6 +243,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         if close or not self._keep_alive or self._runtime.retired:
             # a retired runtime (reload, drain) announces the close, so no client reuses the connection
             self._keep_alive = False
+            if _TCP_CORK is not None and self._listener.ssl_context is None:
+                self._final_left = length if length is not None and not no_body else 0
             lines.append(b"Connection: close\r\n\r\n")
         elif self._version == "1.0":
             lines.append(b"Connection: keep-alive\r\n\r\n")
@@ -249,6 +257,10 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         transport = self.transport
         assert transport is not None
         out = self._out
+        if self._final_left > 0:
+            self._final_left -= len(data)
+            if self._final_left <= 0:
+                self._cork()
         if len(data) >= _GATHER_AT:
             # large pieces are not copied into one buffer: the transport gathers them in one send
             parts = [data]
@@ -279,7 +291,20 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
             tail = self._out + tail
             self._out = None
         if tail and self.transport is not None:
+            if self._final_left >= 0:
+                self._cork()
             self.transport.write(tail)
+
+    def _cork(self) -> None:
+        """The next write is the connection's last: corked, its last segment and the close's FIN
+        leave as one packet, so the client is woken once, not twice. (Plain TCP only: a TLS close
+        writes its close_notify later, which the cork would hold back.)"""
+        self._final_left = -1
+        transport = self.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and _TCP_CORK is not None:
+            with contextlib.suppress(OSError):  # uncorked, the FIN only costs one more packet
+                sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1)
 
     def flush(self) -> None:
         if self._out is not None:
