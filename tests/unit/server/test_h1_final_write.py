@@ -22,6 +22,8 @@ from portcullis.upstream.connection import UpstreamConnection
 from portcullis.worker.build import build_runtime
 from portcullis.worker.runtime import Runtime
 
+from .transports import Transport
+
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
 
 CONFIG = """
@@ -32,66 +34,20 @@ routes: [{name: all, upstream: app}]
 HOST = b"Host: example.test\r\n"
 
 
-class CorkNotingTransport:
+class CorkNotingTransport(Transport):
     """Writes go to a real TCP socket; each write notes whether the socket was corked."""
 
     def __init__(self, sock: socket.socket) -> None:
+        super().__init__(("127.0.0.1", 40000))
         self.sock = sock
         self.corked_at_write: list[bool] = []
-        self.closed = False
-
-    def _note(self) -> None:
-        self.corked_at_write.append(bool(self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)))
 
     def write(self, data: bytes) -> None:
-        self._note()
+        self.corked_at_write.append(bool(self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)))
         self.sock.sendall(data)
 
-    def writelines(self, parts: list[bytes]) -> None:
-        self.write(b"".join(parts))
-
     def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "socket":
-            return self.sock
-        return ("127.0.0.1", 40000) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-class UpstreamTransport:
-    def write(self, data: bytes) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return ("127.0.0.1", 9) if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
+        return self.sock if name == "socket" else super().get_extra_info(name, default)
 
 
 @dataclasses.dataclass
@@ -113,7 +69,7 @@ def setup() -> Iterator[Setup]:
         runtime = build_runtime(load_config_text(CONFIG, "test.yaml", "."), Services(), Watchdog(loop))
         peer = runtime.upstreams["app"].peers[0]
         upstream = UpstreamConnection(peer.pool, runtime.watchdog)
-        upstream.connection_made(UpstreamTransport())  # type: ignore[arg-type]
+        upstream.connection_made(Transport(("127.0.0.1", 9)))  # type: ignore[arg-type]
         peer.pool.release(upstream, 0)
         yield Setup(runtime, upstream, server_side, client_side)
     finally:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-from typing import Any
 
 from portcullis.config import load_config_text
 from portcullis.engine.services import Services
@@ -13,6 +12,8 @@ from portcullis.server.h1 import H1Connection
 from portcullis.upstream.connection import UpstreamConnection
 from portcullis.worker.build import build_runtime
 
+from .transports import Transport
+
 CONFIG = """
 listeners: [{name: web, listen: 127.0.0.1:8080}]
 upstreams: {app: {peers: [{url: http://127.0.0.1:9}]}}
@@ -20,37 +21,6 @@ routes: [{name: all, upstream: app}]
 """
 REQUEST = b"GET /x HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-
-
-class Transport:
-    def __init__(self, peer: tuple[str, int]) -> None:
-        self.peer = peer
-        self.written: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written.append(data)
-
-    def writelines(self, parts: list[bytes]) -> None:
-        self.written.append(b"".join(parts))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self.peer if name == "peername" else default
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.closed = True
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 def live_connections() -> int:
