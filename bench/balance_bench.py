@@ -8,9 +8,12 @@ with a single route to its own upstream, so every case has the same routing work
     single            one peer (the baseline: no selection, no bookkeeping)
     round_robin ...   three peers, `balance: <algorithm>` (consistent_hash on `header:X-User`)
 
-nginx, pinned to the same CPU, forwards to the same backends twice (one peer, and round robin over
-the three): spreading the load over several backend processes costs any proxy something (more
-processes to wake on every write), and nginx's own cost shows how much of it is not ours.
+nginx, pinned to the same CPU, forwards to the same backends through one peer and through each
+algorithm's nginx counterpart (`least_conn`, `random`, `random two least_conn` for p2c_ewma,
+`ip_hash`, `hash $http_x_user consistent`): spreading the load costs any proxy something (the
+backend is woken more often when its connections are used in an irregular order, and more
+processes are woken with --separate-backends), and nginx's own cost for the same method shows
+how much of it is not ours. The report gives each algorithm's cost beyond nginx's.
 
 The three peers are three ports of one backend nginx process (the template of bench/run.py), so
 that the backend side is the same in every case and the difference is the proxy's balancing
@@ -27,7 +30,7 @@ the single-peer group, and gives the difference as a share of the proxy's CPU ti
 measured above: a figure that other load on the machine hardly moves. Like bench/run.py this
 is a measurement, not a test: it exits 0 when it ran, whatever the figures.
 
-    python3 bench/balance_bench.py                  # 3 rounds of 5 s per case (about 2 minutes)
+    python3 bench/balance_bench.py                  # 3 rounds of 5 s per case (about 4 minutes)
     python3 bench/balance_bench.py --quick          # 1 round of 3 s, for a rough look
     python3 bench/balance_bench.py --separate-backends   # one backend process per peer
     python3 bench/balance_bench.py --rounds 5 --duration 10 --json out.json
@@ -61,7 +64,17 @@ ALGORITHMS = ("round_robin", "least_conn", "random", "p2c_ewma", "ip_hash", "con
 BASELINE = "single"
 PEERS = 3
 GOAL_COST_PCT = 5.0
-REFERENCE_CASES = ("nginx single", "nginx round_robin")
+# nginx's counterpart of each algorithm: its case's name, and the directive in its upstream block
+NGINX_METHODS = {
+    "round_robin": ("nginx round_robin", ""),
+    "least_conn": ("nginx least_conn", "least_conn;"),
+    "random": ("nginx random", "random;"),
+    # power of two choices, on connections rather than latency
+    "p2c_ewma": ("nginx random two", "random two least_conn;"),
+    "ip_hash": ("nginx ip_hash", "ip_hash;"),
+    "consistent_hash": ("nginx hash consistent", "hash $http_x_user consistent;"),
+}
+NGINX_SINGLE = "nginx single"
 HEADERS = ("X-User: bench-user",)  # sent in every case, so only consistent_hash differs in using it
 
 
@@ -215,10 +228,10 @@ class BalanceBench:
         return cases + self._start_reference(backend_ports, ports)
 
     def _start_reference(self, backend_ports: Sequence[int], taken: set[int]) -> list[Case]:
-        """nginx on the same CPU and backends, one peer and round robin over all of them: what
-        spreading the load over several backend processes costs a proxy that is not ours."""
+        """nginx on the same CPU and backends, through one peer and through each algorithm's nginx
+        counterpart over all of them: what spreading the load costs a proxy that is not ours."""
         cases = []
-        for name in REFERENCE_CASES:
+        for name in (NGINX_SINGLE, *(NGINX_METHODS[algorithm][0] for algorithm in ALGORITHMS)):
             port = free_port()
             while port in taken:
                 port = free_port()
@@ -228,14 +241,20 @@ class BalanceBench:
             **templating.nginx_values(self.build_info, self.tmpdir), "name": "reference",
             "port": str(cases[0].port), "backend_port": str(backend_ports[0]),
         })  # fmt: skip
-        # the second server block: the same location, to an upstream of every backend
+        # one more server block per algorithm: the same location, to an upstream of every backend
         peers = "".join(f"        server {HOST}:{port};\n" for port in backend_ports)
-        text = text.rstrip().removesuffix("}") + (
-            f"    upstream spread {{\n{peers}        keepalive 64;\n    }}\n"
-            f"    server {{\n        listen {HOST}:{cases[1].port} backlog=4096;\n"
-            "        location / {\n            proxy_pass http://spread;\n            proxy_http_version 1.1;\n"
-            '            proxy_set_header Connection "";\n        }\n    }\n}\n'
-        )
+        blocks = []
+        for case, algorithm in zip(cases[1:], ALGORITHMS, strict=True):
+            directive = NGINX_METHODS[algorithm][1]
+            method = f"        {directive}\n" if directive else ""
+            blocks.append(
+                f"    upstream {algorithm} {{\n{method}{peers}        keepalive 64;\n    }}\n"
+                f"    server {{\n        listen {HOST}:{case.port} backlog=4096;\n"
+                f"        location / {{\n            proxy_pass http://{algorithm};\n"
+                '            proxy_http_version 1.1;\n            proxy_set_header Connection "";\n'
+                "        }\n    }\n"
+            )
+        text = text.rstrip().removesuffix("}") + "".join(blocks) + "}\n"
         conf = self.tmpdir / "reference.conf"
         conf.write_text(text)
         self.reference = Managed("nginx", templating.nginx_argv(self.nginx, self.tmpdir, conf),
@@ -290,17 +309,28 @@ class BalanceBench:
 
 
 def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
-    """Each proxy's cases against its own single-peer case; nginx's spread cost is the yardstick."""
-    bases = {c.proxy: c for c in cases if c.name in (BASELINE, REFERENCE_CASES[0])}
-    header = (f"{'upstream':<18} {'peers':>5} {'req/s':>10} {'spread':>6} {'cost':>7} {'proxy cpu':>9} "
-              f"{'req/cpu-s':>10} {'cost/cpu':>8}  goal (cost <= {GOAL_COST_PCT:g} %)")  # fmt: skip
+    """Each proxy's cases against its own single-peer case, and each algorithm's cost beside
+    nginx's for the same method."""
+    bases = {c.proxy: c for c in cases if c.name in (BASELINE, NGINX_SINGLE)}
+
+    def cost_of(case: Case) -> float:
+        return 100.0 * (1.0 - case.median_rps / bases[case.proxy].median_rps)
+
+    by_name = {c.name: c for c in cases}
+    nginx_cost = {
+        algorithm: cost_of(by_name[name]) for algorithm, (name, _) in NGINX_METHODS.items() if name in by_name
+    }
+    header = (f"{'upstream':<22} {'peers':>5} {'req/s':>10} {'spread':>6} {'cost':>7} {'proxy cpu':>9} "
+              f"{'req/cpu-s':>10} {'cost/cpu':>8} {'nginx':>7} {'beyond':>7}  "
+              f"goal (cost <= {GOAL_COST_PCT:g} %)")  # fmt: skip
     lines = [header, "-" * len(header)]
     doc: dict[str, Any] = {"goal_cost_pct": GOAL_COST_PCT, "cases": {}}
     for case in cases:
         base = bases[case.proxy]
-        cost = 100.0 * (1.0 - case.median_rps / base.median_rps)
+        cost = cost_of(case)
         cost_cpu = 100.0 * (1.0 - case.per_cpu_second / base.per_cpu_second)
         is_base = case is base
+        same = nginx_cost.get(case.name) if case.proxy != "nginx" else None
         if is_base:
             goal = "baseline"
         elif case.proxy == "nginx":
@@ -310,21 +340,24 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
         if case.errors:
             goal += f" ({case.errors} errors)"
         lines.append(
-            f"{case.name:<18} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} {case.spread_pct:>5.0f}% "
+            f"{case.name:<22} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} {case.spread_pct:>5.0f}% "
             f"{'-' if is_base else f'{cost:+.1f}%':>7} {case.median_cpu:>8.0f}% {case.per_cpu_second:>10,.0f} "
-            f"{'-' if is_base else f'{cost_cpu:+.1f}%':>8}  {goal}"
+            f"{'-' if is_base else f'{cost_cpu:+.1f}%':>8} {'-' if same is None else f'{same:+.1f}%':>7} "
+            f"{'-' if same is None else f'{cost - same:+.1f}':>7}  {goal}"
         )
         doc["cases"][case.name] = {
             "proxy": case.proxy, "rps": case.rps, "cpu_pct": case.cpu_pct, "median_rps": case.median_rps,
             "requests_per_cpu_second": case.per_cpu_second, "errors": case.errors, "spread_pct": case.spread_pct,
             "cost_pct": None if is_base else round(cost, 2),
             "cost_per_cpu_pct": None if is_base else round(cost_cpu, 2),
+            "nginx_cost_pct": None if same is None else round(same, 2),
         }  # fmt: skip
     lines.append("")
     lines.append("cost: 1 - req/s / req/s of the same proxy's single-peer case (positive: slower); cost/cpu: the")
     lines.append("same on requests per proxy CPU-second, which does not depend on which side was the bottleneck.")
-    lines.append("The nginx rows spread the same load over the same backends: the part of the cost that comes")
-    lines.append("from the backends and the kernel (more processes to wake) rather than from the proxy's choice.")
+    lines.append("nginx: nginx's cost for the same method over the same backends (its rows below; `random two`")
+    lines.append("is `random two least_conn`, `hash consistent` hashes X-User), the part that comes from spreading")
+    lines.append("the load rather than from the proxy's choice; beyond: cost - nginx, in percentage points.")
     lines.append("spread: (highest - lowest) / median req/s of a case over the rounds, the run-to-run noise.")
     return "\n".join(lines), doc
 
