@@ -316,11 +316,17 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
     def cost_of(case: Case) -> float:
         return 100.0 * (1.0 - case.median_rps / bases[case.proxy].median_rps)
 
+    def paired_cost_of(case: Case) -> float:
+        """The median over the rounds of each round's cost against the same round's baseline,
+        measured within a minute of it: slow drifts of the machine cancel out."""
+        base = bases[case.proxy]
+        return statistics.median(100.0 * (1.0 - r / b) for r, b in zip(case.rps, base.rps, strict=True))
+
     by_name = {c.name: c for c in cases}
     nginx_cost = {
         algorithm: cost_of(by_name[name]) for algorithm, (name, _) in NGINX_METHODS.items() if name in by_name
     }
-    header = (f"{'upstream':<22} {'peers':>5} {'req/s':>10} {'spread':>6} {'cost':>7} {'proxy cpu':>9} "
+    header = (f"{'upstream':<22} {'peers':>5} {'req/s':>10} {'spread':>6} {'cost':>7} {'paired':>7} {'proxy cpu':>9} "
               f"{'req/cpu-s':>10} {'cost/cpu':>8} {'nginx':>7} {'beyond':>7}  "
               f"goal (cost <= {GOAL_COST_PCT:g} %)")  # fmt: skip
     lines = [header, "-" * len(header)]
@@ -341,7 +347,8 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
             goal += f" ({case.errors} errors)"
         lines.append(
             f"{case.name:<22} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} {case.spread_pct:>5.0f}% "
-            f"{'-' if is_base else f'{cost:+.1f}%':>7} {case.median_cpu:>8.0f}% {case.per_cpu_second:>10,.0f} "
+            f"{'-' if is_base else f'{cost:+.1f}%':>7} {'-' if is_base else f'{paired_cost_of(case):+.1f}%':>7} "
+            f"{case.median_cpu:>8.0f}% {case.per_cpu_second:>10,.0f} "
             f"{'-' if is_base else f'{cost_cpu:+.1f}%':>8} {'-' if same is None else f'{same:+.1f}%':>7} "
             f"{'-' if same is None else f'{cost - same:+.1f}':>7}  {goal}"
         )
@@ -349,11 +356,13 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
             "proxy": case.proxy, "rps": case.rps, "cpu_pct": case.cpu_pct, "median_rps": case.median_rps,
             "requests_per_cpu_second": case.per_cpu_second, "errors": case.errors, "spread_pct": case.spread_pct,
             "cost_pct": None if is_base else round(cost, 2),
+            "paired_cost_pct": None if is_base else round(paired_cost_of(case), 2),
             "cost_per_cpu_pct": None if is_base else round(cost_cpu, 2),
             "nginx_cost_pct": None if same is None else round(same, 2),
         }  # fmt: skip
     lines.append("")
-    lines.append("cost: 1 - req/s / req/s of the same proxy's single-peer case (positive: slower); cost/cpu: the")
+    lines.append("cost: 1 - req/s / req/s of the same proxy's single-peer case (positive: slower); paired: the")
+    lines.append("median of each round's cost against the same round's single-peer run; cost/cpu: the")
     lines.append("same on requests per proxy CPU-second, which does not depend on which side was the bottleneck.")
     lines.append("nginx: nginx's cost for the same method over the same backends (its rows below; `random two`")
     lines.append("is `random two least_conn`, `hash consistent` hashes X-User), the part that comes from spreading")
