@@ -12,6 +12,8 @@ import logging
 from collections.abc import Callable
 from typing import Protocol
 
+from portcullis.engine.outbox import Outbox
+
 TICK = 0.25
 
 
@@ -30,6 +32,8 @@ class Watchdog:
         self._handle: asyncio.TimerHandle | None = None
         self.on_tick: Callable[[float], None] | None = None
         """Periodic upkeep that must stay off the request path, called with the time of each tick."""
+        self.outbox = Outbox(loop)
+        """The worker's other per-loop service: small writes sent at the end of each turn (outbox.py)."""
 
     def start(self) -> None:
         self._handle = self.loop.call_later(TICK, self._tick)

@@ -169,7 +169,7 @@ class EdgeH1Connection(H1Connection):
         self._runtime.stats.request("", method, status, 0.0)
         self.stop_parsing()
         if self.transport is not None:
-            self.transport.write(out + (b"" if method == "HEAD" else body))
+            self._put(out + (b"" if method == "HEAD" else body))
         self._close()
 
 

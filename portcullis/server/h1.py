@@ -23,6 +23,7 @@ from portcullis.engine.forwarding import (
     forward_response_fields,
 )
 from portcullis.engine.messages import Headers
+from portcullis.engine.outbox import HeldWrites
 from portcullis.http.h1 import H1RequestReader, RequestHead, UpgradeRequested
 
 if TYPE_CHECKING:
@@ -44,14 +45,16 @@ def status_line(status: int) -> bytes:
     return line
 
 
-class H1Connection(H1RequestReader, asyncio.Protocol):
+class H1Connection(H1RequestReader, HeldWrites, asyncio.Protocol):
     __slots__ = (
         "_active",
         "_closing",
         "_final_left",
+        "_held",
         "_keep_alive",
         "_listener",
         "_out",
+        "_outbox",
         "_pending_error",
         "_queue",
         "_reading",
@@ -87,6 +90,8 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._tunnel_pending: list[bytes] | None = None
         self._resp_chunked = False
         self._out: bytes | None = None
+        self._held: list[bytes] | None = None  # sent at the end of this turn of the loop (outbox.py)
+        self._outbox = runtime.watchdog.outbox
         # body bytes before the last write of a response the connection closes after; -1: none (see _cork)
         self._final_left = -1
         self._keep_alive = True
@@ -131,6 +136,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
+        self._held = None
         self.release_parser()
         self.deadline = 0.0
         runtime = self._runtime
@@ -269,6 +275,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
             if out is not None:
                 parts.insert(0, out)
                 self._out = None
+            self.send_held()
             transport.writelines(parts)
             return
         if self._resp_chunked:
@@ -276,7 +283,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         if out is not None:
             data = out + data
             self._out = None
-        transport.write(data)
+        self._put(data)
 
     def send_end(self, trailers: Headers | None) -> None:
         tail = b""
@@ -293,7 +300,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         if tail and self.transport is not None:
             if self._final_left >= 0:
                 self._cork()
-            self.transport.write(tail)
+            self._put(tail)
 
     def _cork(self) -> None:
         """The next write is the connection's last: corked, its last segment and the close's FIN
@@ -310,11 +317,11 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         if self._out is not None:
             out, self._out = self._out, None
             if self.transport is not None:
-                self.transport.write(out)
+                self._put(out)
 
     def send_continue(self) -> None:
         if self._version == "1.1" and self.transport is not None:
-            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self._put(b"HTTP/1.1 100 Continue\r\n\r\n")
 
     def send_switch(self, headers: Headers) -> None:
         assert self.transport is not None
@@ -322,6 +329,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         for name, value in headers:
             lines += (name, b": ", value, b"\r\n")
         lines.append(b"\r\n")
+        self.send_held()  # the tunnel's bytes are written at once, after everything before them
         self.transport.write(b"".join(lines))
         self._state = _TUNNEL
         self.deadline = 0.0
@@ -412,7 +420,7 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
             + b"\r\nConnection: close\r\n\r\n"
         )  # fmt: skip
         if self.transport is not None:
-            self.transport.write(head + body)
+            self._put(head + body)
         self._runtime.rejected(error, self.client_ip, request_id)
         self._close()
 
@@ -423,4 +431,5 @@ class H1Connection(H1RequestReader, asyncio.Protocol):
         self._stopped = True  # no more parsing
         self.deadline = 0.0
         if self.transport is not None:
+            self.send_held()
             self.transport.close()

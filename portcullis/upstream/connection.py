@@ -10,6 +10,7 @@ import httptools
 from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.forwarding import upstream_request_head
 from portcullis.engine.messages import Headers
+from portcullis.engine.outbox import HeldWrites
 
 if TYPE_CHECKING:
     from portcullis.engine.exchange import Exchange
@@ -20,13 +21,15 @@ if TYPE_CHECKING:
 _IDLE, _WAITING, _READING, _TUNNEL = range(4)
 
 
-class UpstreamConnection(asyncio.Protocol):
+class UpstreamConnection(HeldWrites, asyncio.Protocol):
     __slots__ = (
         "_bound",
         "_fields",
         "_head_only",
         "_headers",
+        "_held",
         "_idle_timeout",
+        "_outbox",
         "_parser",
         "_paused",
         "_response_timeout",
@@ -58,6 +61,8 @@ class UpstreamConnection(asyncio.Protocol):
         self._trailers: Headers | None = None
         self._idle_timeout = 60.0
         self._response_timeout = 60.0
+        self._held: list[bytes] | None = None  # sent at the end of this turn of the loop (outbox.py)
+        self._outbox = watchdog.outbox
         self._head_only = False
         self._bound = False
         self._paused = False
@@ -99,6 +104,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self._held = None
         self._parser = None  # it holds this object's callbacks: the cycle would wait for the collector
         self.watchdog.unwatch(self)
         exchange = self.exchange
@@ -227,7 +233,7 @@ class UpstreamConnection(asyncio.Protocol):
         else:
             framing = b""
         runtime = exchange.runtime
-        transport.write(
+        self._put(
             upstream_request_head(
                 exchange.ctx, exchange.ds.trusted, runtime.request_id_header, framing, exchange.upgrade,
                 runtime.request_id_header_lower,
@@ -235,9 +241,8 @@ class UpstreamConnection(asyncio.Protocol):
         )  # fmt: skip
 
     def send_body(self, chunk: bytes) -> None:
-        transport = self.transport
-        if transport is not None:
-            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.needs_end else chunk)
+        if self.transport is not None:
+            self._put(b"%x\r\n%b\r\n" % (len(chunk), chunk) if self.needs_end else chunk)
             if self._state == _WAITING:
                 # the response timeout runs from the last request byte sent, so a long upload
                 # that the peer keeps reading is not cut with a 504
@@ -250,7 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def write(self, data: bytes) -> None:
         if self.transport is not None:
-            self.transport.write(data)
+            self._put(data)
             if self._state == _WAITING:
                 self.deadline = self.watchdog.now + self._response_timeout
 
@@ -268,11 +273,13 @@ class UpstreamConnection(asyncio.Protocol):
         self._unbind()
         self.deadline = 0.0
         if self.transport is not None:
+            self.send_held()
             self.transport.close()
 
     def abort(self) -> None:
         self._unbind()
         self.deadline = 0.0
+        self._held = None
         if self.transport is not None:
             self.transport.abort()
 

@@ -86,6 +86,7 @@ def exchange(setup: Setup, request: bytes, *response_pieces: bytes) -> tuple[Cor
     conn.data_received(request)
     for piece in response_pieces:
         setup.upstream.data_received(piece)
+        setup.runtime.watchdog.outbox.flush()  # the end of the loop's turn
     setup.server_side.shutdown(socket.SHUT_WR)  # (the transport's close is only noted)
     setup.client_side.settimeout(5)
     received = b""

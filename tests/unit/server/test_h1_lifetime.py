@@ -46,6 +46,7 @@ def test_closed_connection_needs_no_collector() -> None:
                 conn.connection_made(client)  # type: ignore[arg-type]
                 conn.data_received(REQUEST)
                 upstream.data_received(RESPONSE)
+                runtime.watchdog.outbox.flush()  # the end of the loop's turn
                 assert client.closed and b"".join(client.written).endswith(b"ok")
                 conn.connection_lost(None)
                 del conn

@@ -15,7 +15,7 @@ class Transport:
         self.written.append(data)
 
     def writelines(self, parts: list[bytes]) -> None:
-        self.written.append(b"".join(parts))
+        self.write(b"".join(parts))
 
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         return self.peer if name == "peername" else default
