@@ -23,7 +23,7 @@ from portcullis.engine.forwarding import (
     forward_response_fields,
 )
 from portcullis.engine.messages import Headers
-from portcullis.engine.outbox import HeldWrites
+from portcullis.engine.outbox import HOLD_BELOW, HeldWrites
 from portcullis.http.h1 import H1RequestReader, RequestHead, UpgradeRequested
 
 if TYPE_CHECKING:
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from portcullis.worker.runtime import ListenerRuntime, Runtime
 
 _STATUS_LINES: dict[int, bytes] = {}
-_GATHER_AT = 16 * 1024
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 # connection states, for the watchdog
@@ -267,7 +266,7 @@ class H1Connection(H1RequestReader, HeldWrites, asyncio.Protocol):
             self._final_left -= len(data)
             if self._final_left <= 0:
                 self._cork()
-        if len(data) >= _GATHER_AT:
+        if len(data) >= HOLD_BELOW:
             # large pieces are not copied into one buffer: the transport gathers them in one send
             parts = [data]
             if self._resp_chunked:
