@@ -7,21 +7,10 @@ from typing import Any
 
 import pytest
 
-from portcullis.config import load_config_text
 from portcullis.engine.outbox import HOLD_FROM, Outbox
-from portcullis.engine.services import Services
-from portcullis.engine.watchdog import Watchdog
 from portcullis.server.h1 import H1Connection
-from portcullis.upstream.connection import UpstreamConnection
-from portcullis.worker.build import build_runtime
-from portcullis.worker.runtime import Runtime
-from tests.unit.server.transports import Transport
+from tests.unit.server.transports import Transport, runtime_with_pooled_upstream
 
-CONFIG = """
-listeners: [{name: web, listen: 127.0.0.1:8080}]
-upstreams: {app: {peers: [{url: http://127.0.0.1:9}]}}
-routes: [{name: all, upstream: app}]
-"""
 GET = b"GET /x HTTP/1.1\r\nHost: example.test\r\n\r\n"
 
 
@@ -84,14 +73,7 @@ def test_a_failing_holder_does_not_keep_the_others_bytes(caplog: pytest.LogCaptu
 class Setup:
     def __init__(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.runtime: Runtime = build_runtime(
-            load_config_text(CONFIG, "test.yaml", "."), Services(), Watchdog(self.loop)
-        )
-        peer = self.runtime.upstreams["app"].peers[0]
-        self.upstream_transport = Transport(("127.0.0.1", 9))
-        self.upstream = UpstreamConnection(peer.pool, self.runtime.watchdog)
-        self.upstream.connection_made(self.upstream_transport)  # type: ignore[arg-type]
-        peer.pool.release(self.upstream, 0)
+        self.runtime, self.upstream, self.upstream_transport = runtime_with_pooled_upstream(self.loop)
         self.client = Transport(("127.0.0.1", 40000))
         self.conn = H1Connection(self.runtime, self.runtime.listeners["web"])
         self.conn.connection_made(self.client)  # type: ignore[arg-type]

@@ -14,23 +14,14 @@ from typing import Any
 
 import pytest
 
-from portcullis.config import load_config_text
-from portcullis.engine.services import Services
-from portcullis.engine.watchdog import Watchdog
 from portcullis.server.h1 import H1Connection
 from portcullis.upstream.connection import UpstreamConnection
-from portcullis.worker.build import build_runtime
 from portcullis.worker.runtime import Runtime
 
-from .transports import Transport
+from .transports import Transport, runtime_with_pooled_upstream
 
 pytestmark = pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
 
-CONFIG = """
-listeners: [{name: web, listen: 127.0.0.1:8080}]
-upstreams: {app: {peers: [{url: http://127.0.0.1:9}]}}
-routes: [{name: all, upstream: app}]
-"""
 HOST = b"Host: example.test\r\n"
 
 
@@ -66,11 +57,7 @@ def setup() -> Iterator[Setup]:
     server_side, _ = listener.accept()
     listener.close()
     try:
-        runtime = build_runtime(load_config_text(CONFIG, "test.yaml", "."), Services(), Watchdog(loop))
-        peer = runtime.upstreams["app"].peers[0]
-        upstream = UpstreamConnection(peer.pool, runtime.watchdog)
-        upstream.connection_made(Transport(("127.0.0.1", 9)))  # type: ignore[arg-type]
-        peer.pool.release(upstream, 0)
+        runtime, upstream, _ = runtime_with_pooled_upstream(loop)
         yield Setup(runtime, upstream, server_side, client_side)
     finally:
         server_side.close()

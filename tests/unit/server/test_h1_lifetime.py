@@ -5,20 +5,10 @@ from __future__ import annotations
 import asyncio
 import gc
 
-from portcullis.config import load_config_text
-from portcullis.engine.services import Services
-from portcullis.engine.watchdog import Watchdog
 from portcullis.server.h1 import H1Connection
-from portcullis.upstream.connection import UpstreamConnection
-from portcullis.worker.build import build_runtime
 
-from .transports import Transport
+from .transports import Transport, runtime_with_pooled_upstream
 
-CONFIG = """
-listeners: [{name: web, listen: 127.0.0.1:8080}]
-upstreams: {app: {peers: [{url: http://127.0.0.1:9}]}}
-routes: [{name: all, upstream: app}]
-"""
 REQUEST = b"GET /x HTTP/1.1\r\nHost: example.test\r\nConnection: close\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -30,11 +20,7 @@ def live_connections() -> int:
 def test_closed_connection_needs_no_collector() -> None:
     loop = asyncio.new_event_loop()
     try:
-        runtime = build_runtime(load_config_text(CONFIG, "test.yaml", "."), Services(), Watchdog(loop))
-        peer = runtime.upstreams["app"].peers[0]
-        upstream = UpstreamConnection(peer.pool, runtime.watchdog)
-        upstream.connection_made(Transport(("127.0.0.1", 9)))  # type: ignore[arg-type]
-        peer.pool.release(upstream, 0)
+        runtime, upstream, _ = runtime_with_pooled_upstream(loop)
 
         gc.collect()
         gc.disable()
