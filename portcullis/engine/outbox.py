@@ -57,10 +57,7 @@ class Outbox:
         """`holder` has pieces to send at the end of this turn (call once per turn, when its
         first piece is held)."""
         self._holders.append(holder)
-        self._writes += 1
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+        self.wrote()  # counted like a write, and the turn's end is marked the same way
 
     def flush(self) -> None:
         """The end of a turn: send everything held (the loop calls this; tests without a running
