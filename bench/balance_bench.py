@@ -337,6 +337,7 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
         cost_cpu = 100.0 * (1.0 - case.per_cpu_second / base.per_cpu_second)
         is_base = case is base
         same = nginx_cost.get(case.name) if case.proxy != "nginx" else None
+        paired = None if is_base else paired_cost_of(case)
         if is_base:
             goal = "baseline"
         elif case.proxy == "nginx":
@@ -347,7 +348,7 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
             goal += f" ({case.errors} errors)"
         lines.append(
             f"{case.name:<22} {1 if is_base else PEERS:>5} {case.median_rps:>10,.0f} {case.spread_pct:>5.0f}% "
-            f"{'-' if is_base else f'{cost:+.1f}%':>7} {'-' if is_base else f'{paired_cost_of(case):+.1f}%':>7} "
+            f"{'-' if is_base else f'{cost:+.1f}%':>7} {'-' if paired is None else f'{paired:+.1f}%':>7} "
             f"{case.median_cpu:>8.0f}% {case.per_cpu_second:>10,.0f} "
             f"{'-' if is_base else f'{cost_cpu:+.1f}%':>8} {'-' if same is None else f'{same:+.1f}%':>7} "
             f"{'-' if same is None else f'{cost - same:+.1f}':>7}  {goal}"
@@ -356,7 +357,7 @@ def report(cases: list[Case]) -> tuple[str, dict[str, Any]]:
             "proxy": case.proxy, "rps": case.rps, "cpu_pct": case.cpu_pct, "median_rps": case.median_rps,
             "requests_per_cpu_second": case.per_cpu_second, "errors": case.errors, "spread_pct": case.spread_pct,
             "cost_pct": None if is_base else round(cost, 2),
-            "paired_cost_pct": None if is_base else round(paired_cost_of(case), 2),
+            "paired_cost_pct": None if paired is None else round(paired, 2),
             "cost_per_cpu_pct": None if is_base else round(cost_cpu, 2),
             "nginx_cost_pct": None if same is None else round(same, 2),
         }  # fmt: skip
