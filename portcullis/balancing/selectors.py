@@ -273,6 +273,12 @@ class Maglev(Selector):
                 return None
         return None
 
+    def lookup(self) -> tuple[list[Candidate], dict[bytes, int], Callable[[bytes], int]]:
+        """The table, the cache of recent keys' slots and the function that fills it: what a
+        caller that finds its key itself needs to pick in its own frame (every peer eligible):
+        `table[slots.get(key, -1)]` when that is a slot, else `table[slot_of(key)]`."""
+        return self.table, self._slots, self._slot_of
+
     def _slot_of(self, hash_key: bytes) -> int:
         slots = self._slots
         slot = _hash64(hash_key) % self.TABLE_SIZE

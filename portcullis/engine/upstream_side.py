@@ -138,8 +138,14 @@ class UpstreamSide:
         group = self._group
         assert group is not None
         tried = self._tried
-        quick = group.quick
-        peer = quick() if quick is not None and not tried else group.select(self.ctx, tried)
+        if tried:
+            peer = group.select(self.ctx, tried)
+        elif (quick := group.quick) is not None:
+            peer = quick()
+        elif (keyed := group.keyed) is not None:
+            peer = keyed(self.ctx)
+        else:
+            peer = group.select(self.ctx, tried)
         if peer is None:
             if group.at_capacity():
                 self._task = asyncio.get_running_loop().create_task(self._wait_for_room())

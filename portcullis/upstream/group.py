@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from portcullis.balancing.health import Breaker, BreakerPolicy, Outlier, OutlierPolicy, RetryBudget
-from portcullis.balancing.selectors import SELECTORS, RoundRobin, Selector
+from portcullis.balancing.selectors import SELECTORS, Maglev, RoundRobin, Selector
 from portcullis.config.schema import Upstream as UpstreamConfig
 from portcullis.config.units import parse_peer_url
 from portcullis.observability.events import event
@@ -194,6 +194,9 @@ class UpstreamGroup:
         self.quick: Callable[[], Peer | None] | None = self._quick
         """A request's first try takes its peer from this when it is set: the group needs nothing from
         the request and nothing can take a peer out of service (None while a Retry-After holds)."""
+        self._keyed = self._keyed_pick()
+        self.keyed: Callable[[RequestContext], Peer | None] | None = self._keyed
+        """Else from this, when it is set: the same for a group that hashes the client address or a header."""
 
     def _quick_pick(self) -> Callable[[], Peer | None] | None:
         # the selector's own pick, or an iterator that runs in C where it gives the same order
@@ -204,6 +207,35 @@ class UpstreamGroup:
         if isinstance(self.selector, RoundRobin) and self.selector.equal_weights:
             return itertools.cycle(self.primaries).__next__  # equal weights: the peers in turn
         return self.selector.quick()  # type: ignore[return-value]
+
+    def _keyed_pick(self) -> Callable[[RequestContext], Peer | None] | None:
+        # finding the key and looking it up in the Maglev table in one frame; the other keys
+        # (path, cookie, query) are rarer and take `select`
+        selector = self.selector
+        if not self.simple or self.sticky is not None or not isinstance(selector, Maglev) or not selector.table:
+            return None
+        table, slots, slot_of = selector.lookup()
+        if self._hash_kind == "client_ip":
+
+            def by_client_ip(ctx: RequestContext) -> Peer | None:
+                key = ctx.client_ip.encode()
+                slot = slots.get(key, -1)
+                return table[slot if slot >= 0 else slot_of(key)]  # type: ignore[return-value]
+
+            return by_client_ip
+        if self._hash_kind == "header":
+            name = self._hash_header
+            anywhere = selector.pick
+
+            def by_header(ctx: RequestContext) -> Peer | None:
+                for field, value in ctx.headers:
+                    if field.lower() == name:  # the first value, as ctx.header gives
+                        slot = slots.get(value, -1)
+                        return table[slot if slot >= 0 else slot_of(value)]  # type: ignore[return-value]
+                return anywhere()  # type: ignore[return-value]
+
+            return by_header
+        return None
 
     # ------------------------------------------------------------------ selection
     def available(self, peer: Peer, now: float) -> bool:
@@ -235,6 +267,8 @@ class UpstreamGroup:
         key = self._hash_input(ctx)
         if self.simple and not tried and now >= self._retry_after_until:
             # nothing can take a peer out of service: no per-peer checks
+            self._retry_after_until = 0.0
+            self.keyed = self._keyed  # (a Retry-After that held has run out)
             return self.selector.pick(key)  # type: ignore[return-value]
         selectors = (self.selector, self.backup_selector)
         # untried primaries, untried backups, then (a retry with nothing new left) any available peer
@@ -328,7 +362,7 @@ class UpstreamGroup:
     def retry_after(self, peer: Peer, seconds: float) -> None:
         peer.retry_after_until = self.clock() + min(seconds, 300.0)
         self._retry_after_until = max(self._retry_after_until, peer.retry_after_until)
-        self.quick = None  # until it has run out, selection checks each peer
+        self.quick = self.keyed = None  # until it has run out, selection checks each peer
 
     def set_active_health(self, peer: Peer, ok: bool, reason: str) -> None:
         """From the master's active checks."""
@@ -336,7 +370,7 @@ class UpstreamGroup:
             peer.active_ok = ok
             if not ok:
                 self.simple = self.plain = False
-                self.quick = self._quick = None
+                self.quick = self._quick = self.keyed = self._keyed = None
             peer.reason = reason
             if ok:
                 peer.recovered_at = self.clock()

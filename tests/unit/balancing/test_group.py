@@ -179,10 +179,14 @@ def test_retry_after_keeps_a_peer_out_for_that_long() -> None:
     assert a in [group.select(ctx()) for _ in range(30)]
 
 
-def first_try(group: UpstreamGroup) -> Peer | None:
+def first_try(group: UpstreamGroup, request: RequestContext | None = None) -> Peer | None:
     """How the engine picks the peer of a request's first try (engine/upstream_side.py)."""
-    quick = group.quick
-    return quick() if quick is not None else group.select(ctx())
+    request = request or ctx()
+    if group.quick is not None:
+        return group.quick()
+    if group.keyed is not None:
+        return group.keyed(request)
+    return group.select(request)
 
 
 @pytest.mark.parametrize("balance", ["round_robin", "least_conn", "random", "p2c_ewma"])
@@ -226,6 +230,24 @@ def test_a_peer_marked_down_ends_the_quick_pick() -> None:
 def test_keyed_and_guarded_groups_have_no_quick_pick() -> None:
     assert make_group(balance="consistent_hash", hash_key="header:X-User").quick is None
     assert make_group(breaker={"failures": 3, "open_for": "10s"}).quick is None
+    assert make_group(balance="consistent_hash", hash_key="header:X-User", breaker={}).keyed is None
+    assert make_group(balance="consistent_hash", hash_key="cookie:sid").keyed is None  # select finds it
+    assert make_group(balance="round_robin").keyed is None
+
+
+def test_a_retry_after_suspends_the_keyed_pick_until_it_runs_out() -> None:
+    clock = Clock()
+    group = make_group(clock, balance="consistent_hash", hash_key="header:X-User")
+    users = [ctx([(b"X-User", f"user{i}".encode())]) for i in range(60)]
+    before = [first_try(group, u) for u in users]
+    a = group.peers[0]
+    assert a in before
+    group.retry_after(a, 5)
+    assert group.keyed is None
+    assert a not in [first_try(group, u) for u in users]
+    clock.advance(5.0)
+    assert [first_try(group, u) for u in users] == before
+    assert group.keyed is not None
 
 
 # ============================================================================ sticky sessions
@@ -286,20 +308,23 @@ def test_sticky_ignored_on_a_retry_and_for_unknown_tokens() -> None:
 def test_consistent_hash_on_each_key_kind(spec: str, make: Any) -> None:
     group = make_group(balance="consistent_hash", hash_key=spec,
                        peers=[{"url": f"http://10.0.0.{i}:80"} for i in range(1, 6)])  # fmt: skip
+    assert (group.keyed is not None) == (spec in ("header:X-User", "client_ip"))
     chosen = {}
     for i in range(200):
         v = f"user{i}"
-        p = group.select(make(v))
+        p = first_try(group, make(v))
         assert p is not None
         for _ in range(3):
-            assert group.select(make(v)) is p
+            assert first_try(group, make(v)) is p
+            assert group.select(make(v)) is p  # the general path agrees with the engine's quick one
         chosen[v] = p
     assert len({p.label for p in chosen.values()}) == 5
     # one peer down: only its keys move
     down = group.peers[0]
     group.set_active_health(down, False, "down")
+    assert group.keyed is None
     for v, p in chosen.items():
-        now = group.select(make(v))
+        now = first_try(group, make(v))
         assert now is not down
         if p is not down:
             assert now is p
@@ -309,7 +334,16 @@ def test_ip_hash_uses_the_client_address_without_a_hash_key() -> None:
     group = make_group(balance="ip_hash")
     for i in range(50):
         c = ctx(client_ip=f"198.51.100.{i}")
-        assert len({group.select(c) for _ in range(5)}) == 1
+        assert len({group.select(c) for _ in range(5)} | {first_try(group, c)}) == 1
+
+
+def test_a_request_without_the_key_header_may_go_to_any_peer() -> None:
+    group = make_group(balance="consistent_hash", hash_key="header:X-User")
+    keyless = ctx([(b"Host", b"x"), (b"X-Other", b"1")])
+    assert {first_try(group, keyless) for _ in range(200)} == set(group.peers)
+    # the header's name in any case, its first value
+    named = [first_try(group, ctx([(b"x-user", b"u7"), (b"X-USER", f"v{i}".encode())])) for i in range(20)]
+    assert len(set(named)) == 1
 
 
 # ============================================================================ outcomes: breaker, outlier, slow start
