@@ -397,8 +397,13 @@ def selection_us(balance: str | None, peers: int = PEERS, n: int = 20000) -> flo
 
     def requests() -> None:
         for _ in range(n):
-            quick = group.quick  # the first try of a request, as engine/upstream_side.py picks it
-            peer = quick() if quick is not None else group.select(ctx, ())
+            # the first try of a request, as engine/upstream_side.py picks it
+            if (quick := group.quick) is not None:
+                peer = quick()
+            elif (keyed := group.keyed) is not None:
+                peer = keyed(ctx)
+            else:
+                peer = group.select(ctx, ())
             assert peer is not None
             peer.active += 1
             peer.active -= 1
