@@ -132,6 +132,19 @@ class WafFilter(Strict):
     """A JSON line per blocked (or, in detect mode, would-be blocked) transaction: `stdout`,
     `stderr` or a file (reopened on SIGUSR1)."""
     regex_limits: WafRegexLimits = WafRegexLimits()
+    crs_settings: dict[str, str | int] = {}
+    """CRS variables set before its rules run, as crs-setup.conf does (`allowed_methods`,
+    `do_reput_block` ...): each becomes `setvar:tx.NAME=VALUE`."""
+
+    @field_validator("crs_settings")
+    @classmethod
+    def _crs_settings(cls, value: dict[str, str | int]) -> dict[str, str | int]:
+        for name, setting in value.items():
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not a CRS variable name (letters, digits and _)")
+            if isinstance(setting, str) and re.search(r"['\"\\%\x00-\x1f]", setting):
+                raise ValueError(f"the value of {name!r} may not hold quotes, backslashes, % or control characters")
+        return value
 
     @field_validator("response_body_types")
     @classmethod

@@ -1,6 +1,7 @@
 """The WAF through a real `portcullis run` process and raw sockets: body attacks are answered
 403 before the upstream sees a byte, clean bodies arrive whole, and a sample of the CRS
-regression tests gets the same verdict through the proxy as from the engine directly."""
+regression tests gets the same verdict through the proxy as from the engine directly; CRS
+settings from the config, and a client's record (`initcol:ip`) kept from request to request."""
 
 from __future__ import annotations
 
@@ -92,6 +93,35 @@ def test_detect_mode_lets_through(workdir: Path, upstream: Upstream) -> None:
     p = Proxy(_config(upstream, "detect"), workdir, "waf-detect")
     try:
         assert _post(p.port, "/upload", b"q=1%27%20OR%20%271%27%3D%271") == 200
+    finally:
+        p.stop()
+
+
+def _request(port: int, method: str, path: str) -> int:
+    with RawConnection(port) as conn:
+        conn.send(f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\nAccept: */*\r\n\r\n".encode())
+        return conn.read_response(method).status
+
+
+def test_crs_settings_and_a_client_record_kept_across_requests(workdir: Path, upstream: Upstream) -> None:
+    config = _config(upstream, "block")
+    waf = config["routes"][0]["filters"][0]  # type: ignore[index]
+    waf["crs_settings"] = {"allowed_methods": "GET HEAD POST OPTIONS DELETE"}
+    waf["rules"] = [
+        'SecAction "id:10001,phase:1,pass,nolog,initcol:ip=%{remote_addr}"',
+        'SecRule REQUEST_URI "@beginsWith /echo/login" "id:10002,phase:1,pass,nolog,setvar:ip.logins=+1,'
+        'expirevar:ip.logins=60"',
+        "SecRule IP:LOGINS \"@gt 3\" \"id:10003,phase:1,deny,msg:'too many logins'\"",
+    ]
+    p = Proxy(config, workdir, "waf-settings")
+    try:
+        before = upstream.stats()
+        assert _request(p.port, "DELETE", "/echo/items/1") == 200  # allowed by the setting ...
+        assert [(e["method"], e["target"]) for e in upstream.log_since(before)] == [("DELETE", "/echo/items/1")]
+        assert _request(p.port, "PUT", "/echo/items/1") == 403  # ... and PUT still is not
+        # each request on a connection of its own: the count lives in the client's record
+        assert [_request(p.port, "GET", "/echo/login") for _ in range(5)] == [200, 200, 200, 403, 403]
+        assert _request(p.port, "GET", "/echo/elsewhere") == 403  # the record holds for the client
     finally:
         p.stop()
 

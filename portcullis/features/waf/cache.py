@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, TypeVar
 
+from portcullis.features.waf.persist import CollectionStore
 from portcullis.features.waf.request import Head, HeaderPart, HttpRequest, head_key, parse_head, parse_headers
 
 D = TypeVar("D", bound=dict[Any, Any])
@@ -105,6 +106,8 @@ class Shared:
         self.heads: dict[tuple[tuple[str, str], ...], tuple[int, int, Head]] = self.budget.table({})
         self.seen: dict[int, bool] = self.budget.table({})  # hashes of heads met once
         self.parts: dict[int, HeaderPart] = self.budget.table({})  # headers' number -> what they make
+        # state, not a cache: the persistent collections are not emptied with the caches
+        self.stored = CollectionStore()
 
     def head(self, request: HttpRequest) -> tuple[int, int, Head]:
         """A request head's number, its headers' number and what it makes (parsed once per

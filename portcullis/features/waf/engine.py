@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 from portcullis.features.waf.actions import Ctl
 from portcullis.features.waf.cache import Budget
-from portcullis.features.waf.fold import Plan, fold, group
+from portcullis.features.waf.fold import Plan, fold, group, stored_reads
 from portcullis.features.waf.gate import hits, phase_hits, through
 from portcullis.features.waf.operators import Captures, Expander, Operator
 from portcullis.features.waf.replay import Trail
@@ -117,6 +117,8 @@ class Evaluator:
         self.first_phase = min(self.plans, default=1)
         # the same plans with what does not depend on the request decided (fold.py)
         self.folded = fold(self, self.plans)
+        # a collection that no rule left to run reads need not be loaded from one request to the next
+        ruleset.shared.stored.folded_reads = stored_reads(self.folded.plans)
         for folded_plan in self.folded.plans.values():
             group(folded_plan, ruleset.budget, self.folded.reads_matched)
 
@@ -424,6 +426,8 @@ class Evaluator:
             setvar.apply(txn)
         for ctl in link.ctl_ops:
             self._ctl(txn, ctl)
+        for action in link.collection_ops:
+            action.apply(txn)
 
     def _ctl(self, txn: Transaction, ctl: Ctl) -> None:
         name = ctl.name

@@ -38,6 +38,7 @@ def settings_of(config: WafFilter) -> WafSettings:
         exclusions=tuple(Exclusion(e.rule_id, e.tag, e.target) for e in config.exclusions),
         regex_timeout=config.regex_limits.timeout,
         regex_max_input=config.regex_limits.max_input,
+        crs_settings=tuple((name, str(value)) for name, value in config.crs_settings.items()),
     )
 
 

@@ -192,6 +192,73 @@ def _reads(link: Rule) -> set[tuple[str, str]] | None:
     return reads
 
 
+def stored_reads(plans: dict[int, Plan]) -> frozenset[str]:
+    """The persistent collections (IP, GLOBAL ...) worth loading for these plans: those where a
+    rule reads a variable (by a target, or by a macro anywhere in its texts) that some rule
+    writes. What nothing writes is never stored; what nothing reads need not come back."""
+    reads: dict[str, set[str] | None] = {}  # collection -> the keys read (None: any key)
+    writes: dict[str, list[tuple[str, bool]]] = {}  # collection -> (key, key is a prefix)
+
+    def read(collection: str, key: str | None) -> None:
+        keys = reads.setdefault(collection, set())
+        if keys is not None:
+            if key is None:
+                reads[collection] = None
+            else:
+                keys.add(key.lower())
+
+    for plan in plans.values():
+        for rule in plan.rules:
+            for link in _chain(rule):
+                for sel in link.selectors:
+                    if sel.collection in PERSISTENT:
+                        read(sel.collection, sel.key if sel.key_re is None else None)
+                texts = [template(getattr(link.operator, "arg", "") or ""), link.msg_template, template(link.logdata)]
+                texts += [t for s in link.setvar_ops for t in (s.target, s.value)]
+                texts += [c.value for c in link.ctl_ops] + [a.value for a in link.collection_ops]
+                for text in texts:
+                    for ref in text.refs:
+                        name, _, key = (ref or "").partition(".")
+                        if name.upper() in PERSISTENT:
+                            read(name.upper(), key or None)
+                for setvar in link.setvar_ops:
+                    _, collection, key, prefix = _written((0, 0), rule, setvar)
+                    if collection is None or collection in PERSISTENT:
+                        for col in [collection] if collection is not None else PERSISTENT:
+                            writes.setdefault(col, []).append((key, prefix))
+                            if _adds(setvar, rule):
+                                read(col, None if prefix else key)  # `ip.hits=+1` reads it first
+                for action in link.collection_ops:
+                    if action.kind == "deprecatevar" and action.persistent:
+                        read(action.collection, action.name)
+                        writes.setdefault(action.collection, []).append((action.name, False))
+    needed = set()
+    for collection, keys in reads.items():
+        written = writes.get(collection, [])
+        if written and (
+            keys is None or any(k == key or (prefix and k.startswith(key)) for k in keys for key, prefix in written)
+        ):
+            needed.add(collection)
+    return frozenset(needed)
+
+
+def _adds(setvar: SetVar, head: Rule) -> bool:
+    """The setvar may add to or take from what the variable holds (`+1`, or a macro that may
+    expand to that; the rule's own id, severity and message are known)."""
+    value = setvar.value
+    if value.static:
+        return value.text[:1] in "+-"
+    first, ref = value.parts[0], value.refs[0]
+    if isinstance(first, str):
+        return first[:1] in "+-"
+    ref = (ref or "").lower()
+    if ref in ("rule.id", "rule.severity"):
+        return False
+    if ref == "rule.msg":
+        return head.msg_template.static is False or head.msg[:1] in "+-"
+    return True
+
+
 def _self_contained(setvar: SetVar) -> bool:
     """A setvar whose macros read only variables and the rule's own match (for the prefix)."""
     for t in (setvar.target, setvar.value):
@@ -225,6 +292,10 @@ class _Analysis:
             self.writes.append(_written(pos, head, setvar))
         if link.capture:
             self.writes.extend((pos, "TX", str(d), False) for d in range(10))
+        for action in link.collection_ops:
+            # `initcol` brings in every variable of its collection a request before set
+            whole = action.kind == "initcol"
+            self.writes.append((pos, action.collection, "" if whole else action.name, whole))
         if link is head:
             # what a head reads before it matches itself is the last match of another rule
             texts = [getattr(link.operator, "arg", "")]
@@ -366,7 +437,7 @@ def _prefix(evaluator: Evaluator, plan: Plan, txn: Transaction) -> int:
         if (
             rule.msg
             or rule.disruptive in _STOPS
-            or any(link.ctl_ops for link in links)
+            or any(link.ctl_ops or link.collection_ops for link in links)
             or not all(_self_contained(s) for link in links for s in link.setvar_ops)
         ):
             break
@@ -380,7 +451,7 @@ def _prefix(evaluator: Evaluator, plan: Plan, txn: Transaction) -> int:
 
 
 def _effects(link: Rule) -> bool:
-    return bool(link.setvar_ops or link.ctl_ops or link.capture)
+    return bool(link.setvar_ops or link.ctl_ops or link.collection_ops or link.capture)
 
 
 def _decide(evaluator: Evaluator, analysis: _Analysis, rule: Rule, state: Snapshot, since: Pos, pos: Pos) -> int:
@@ -391,18 +462,23 @@ def _decide(evaluator: Evaluator, analysis: _Analysis, rule: Rule, state: Snapsh
         return KEEP  # running it would leave MATCHED_VAR for a later rule to read
     # link by link, as the rule runs: a link that fails on constants ends the rule; a link that
     # matches and acts (on what it reads at run time, which may differ) keeps it, and so does a
-    # link that reads the request
+    # link that reads the request, unless a later link fails on constants and nothing before it
+    # acts (CRS 949100: the client's IP record, then `TX:DO_REPUT_BLOCK` left at 0)
     txn = _copy(state)
     txn.matched_vars = []
+    undecided = False
     for link in _chain(rule):
         reads = _reads(link)
         if reads is None or not all(analysis.stable(var, since, pos) for var in reads):
-            return KEEP
+            if _effects(link):
+                return KEEP  # it may act before a later link fails
+            undecided = True
+            continue
         if not evaluator.link_matches(txn, link, rule):
             return DROP
         if _effects(link):
             return KEEP
-    if rule.msg or rule.disruptive in _STOPS:
+    if undecided or rule.msg or rule.disruptive in _STOPS:
         return KEEP
     return GOTO
 

@@ -36,6 +36,7 @@ class WafSettings:
     exclusions: tuple[Exclusion, ...] = field(default_factory=tuple)
     regex_timeout: float = 0.1  # the limits on the `@rx` of `rules` and `rule_files`
     regex_max_input: int = 64 * 1024
+    crs_settings: tuple[tuple[str, str], ...] = ()  # (tx variable, value), set before the CRS runs
 
 
 def _read(path: str) -> str:
@@ -71,6 +72,10 @@ def settings_rules(s: WafSettings) -> str:
         f"setvar:tx.inbound_anomaly_score_threshold={s.inbound_threshold},"
         f"setvar:tx.outbound_anomaly_score_threshold={s.outbound_threshold},"
         'setvar:tx.crs_setup_version=334"\n'
+    ) + "".join(
+        # one SecAction per setting: a value may hold spaces and commas (`allowed_methods`)
+        f'SecAction "id:{9009001 + index},phase:1,nolog,pass,t:none,setvar:\'tx.{name.lower()}={value}\'"\n'
+        for index, (name, value) in enumerate(s.crs_settings)
     )
 
 
@@ -148,13 +153,15 @@ class Waf:
 
     def phase(self, txn: Transaction, phase: int) -> None:
         self.evaluator.run_phase(txn, phase)
+        if txn.loaded:
+            txn.shared.stored.save(txn)  # what the rules wrote to IP, GLOBAL ... (persist.py)
 
     def evaluate(self, request: HttpRequest) -> Transaction:
         """Phases 1 and 2 over a complete request (the body included)."""
         txn = Transaction(request, shared=self.ruleset.shared)
-        self.evaluator.run_phase(txn, 1)
+        self.phase(txn, 1)
         txn.load_body(request.body)
-        self.evaluator.run_phase(txn, 2)
+        self.phase(txn, 2)
         return txn
 
 

@@ -90,6 +90,8 @@ def groups_needed(link: Rule) -> int | None:
     operator), is negated, runs a ctl, or writes what may depend on TX."""
     if link.memo is None or len(link.selectors) != 1 or link.negated or link.ctl_ops or link.is_action:
         return None
+    if link.collection_ops:
+        return None  # it loads or changes a persistent collection
     if not link.setvar_ops and not link.capture:
         return None  # nothing it writes: `memo` and the operator cache do as well
     needs = 0

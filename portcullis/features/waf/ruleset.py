@@ -13,6 +13,7 @@ from portcullis.features.waf import transforms as T
 from portcullis.features.waf.actions import Ctl, SetVar, Template, template
 from portcullis.features.waf.cache import Budget, Shared
 from portcullis.features.waf.operators import Operator, OperatorError, compile_operator, guard_regex
+from portcullis.features.waf.persist import COLLECTION_ACTIONS, CollectionAction
 from portcullis.features.waf.replay import Replay, groups_needed
 from portcullis.features.waf.request import source
 from portcullis.features.waf.screens import Screen, screen_of
@@ -77,6 +78,7 @@ class Rule:
     static: bool = False  # every target is request data (no TX, MATCHED_VAR ...)
     setvar_ops: tuple[SetVar, ...] = ()
     ctl_ops: tuple[Ctl, ...] = ()
+    collection_ops: tuple[CollectionAction, ...] = ()  # initcol, expirevar, deprecatevar (persist.py)
     msg_template: Template = field(default_factory=lambda: template(""))
     op_cache: dict[str, list[str] | None] | None = None  # value -> the operator's result, when pure
     stages: dict[str, tuple[str, ...]] | None = None  # multiMatch: value -> what it tries (engine.py)
@@ -282,6 +284,7 @@ class _Compiler:
         disruptive, status, allow_scope = "", 403, ""
         setvars: list[str] = []
         ctls: list[str] = []
+        stored: list[CollectionAction] = []
         tags: list[str] = []
         msg = logdata = severity = skip_after = ""
         skip = 0
@@ -303,6 +306,8 @@ class _Compiler:
                 setvars.append(v)
             elif k == "ctl":
                 ctls.append(v)
+            elif k in COLLECTION_ACTIONS:
+                stored.append(CollectionAction(k, v))
             elif k == "tag":
                 tags.append(v)
                 if v.startswith("paranoia-level/") and v[15:].isdigit():
@@ -343,6 +348,7 @@ class _Compiler:
         rule.static = all(is_static(t.collection) for t in targets)
         rule.setvar_ops = tuple(SetVar(v) for v in setvars)
         rule.ctl_ops = tuple(Ctl(c) for c in ctls)
+        rule.collection_ops = tuple(stored)
         rule.msg_template = template(msg)
         rule.screen = screen_of(operator, spec.operator_negated, funcs)
         arg = spec.operator_arg.strip()
@@ -360,7 +366,7 @@ class _Compiler:
                 rule.fast_tx = fast[0]
             else:
                 rule.fast_multi = fast
-            rule.fast_pure = not (setvars or ctls or msg or capture or spec.chained is not None)
+            rule.fast_pure = not (setvars or ctls or stored or msg or capture or spec.chained is not None)
         if spec.chained is not None:
             rule.chained = self.rule(spec.chained, rule)
         return rule

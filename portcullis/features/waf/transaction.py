@@ -52,9 +52,11 @@ class Transaction:
         "body_processor",
         "collections",
         "disruptive",
+        "expiries",
         "folded",
         "gate_hits",
         "head_matched",
+        "loaded",
         "matched_text",
         "matched_var",
         "matched_var_name",
@@ -109,6 +111,9 @@ class Transaction:
         self.tx_seed_keys: tuple[str, ...] = ()
         self.tx_seed_dropped = 0
         self.persistent: dict[str, dict[str, str]] = {"IP": {}, "GLOBAL": {}, "SESSION": {}, "USER": {}}
+        # collection -> the key `initcol` loaded it by, and what it held then (persist.py)
+        self.loaded: dict[str, tuple[str, dict[str, str]]] = {}
+        self.expiries: dict[tuple[str, str], float] = {}  # (collection, variable) -> `expirevar` seconds
         self.matched_var = ""
         self.matched_var_name = ""
         self.matched_text = ""

@@ -102,6 +102,26 @@ def test_a_rule_that_may_write_the_variable_keeps_the_check() -> None:
     assert ids(waf.evaluate(req("/?x=ab&up=1"))) == [3, 4]
 
 
+def test_a_chain_whose_later_link_fails_on_constants_is_dropped() -> None:
+    """The first link reads the request and does nothing itself; the second reads a setting
+    that is 0: the rule can never match (CRS 949100 with `do_reput_block` left at 0)."""
+    rules = (
+        'SecAction "id:1,phase:1,pass,nolog,setvar:tx.flag=0"\n'
+        'SecRule ARGS "@rx a" "id:2,phase:1,deny,msg:flagged,chain"\n'
+        '    SecRule TX:FLAG "@eq 1" "t:none"\n'
+        'SecRule ARGS "@rx a" "id:3,phase:1,pass,msg:seen,setvar:tx.seen=1,chain"\n'
+        '    SecRule TX:FLAG "@eq 1" "t:none"\n'
+    )
+    waf = Waf.from_text(rules)
+    kept = [r.id for r in waf.evaluator.folded.plans[1].rules]
+    assert 2 not in kept and 3 in kept  # 3's first link acts before the second fails
+    assert ids(waf.evaluate(req("/?x=a"))) == []
+    on = Waf.from_text(rules.replace("tx.flag=0", "tx.flag=1"))
+    assert 2 in [r.id for r in on.evaluator.folded.plans[1].rules]
+    txn = on.evaluate(req("/?x=a"))
+    assert txn.disruptive is not None and txn.disruptive.rule_id == 2
+
+
 def test_a_rule_a_ctl_may_remove_is_not_decided() -> None:
     rules = LEVELS.replace(
         'SecRule TX:LEVEL', 'SecRule ARGS:off "@streq 1" "id:6,phase:1,pass,ctl:ruleRemoveById=2"\nSecRule TX:LEVEL', 1
