@@ -8,7 +8,7 @@ set. A record nobody wrote to for `RECORD_TIMEOUT` seconds is forgotten, as ModS
 recently written go first), so a flood of new client addresses costs bounded memory.
 
 The store lives in the worker, like ModSecurity 3's in-memory collections: each worker counts
-on its own, and a reload that keeps the WAF's config keeps the records.
+on its own, and a reload that keeps the WAF's config (and the workers) keeps the records.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from portcullis.features.waf.transaction import Transaction
 
 RECORD_TIMEOUT = 3600.0  # seconds (ModSecurity's default SecCollectionTimeout)
-MAX_RECORDS = 100_000
+MAX_RECORDS = 50_000
 
 
 @dataclass(slots=True)
