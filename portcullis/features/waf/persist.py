@@ -105,7 +105,7 @@ class CollectionStore:
 class CollectionAction:
     """`initcol`, `expirevar` or `deprecatevar`, its texts parsed once."""
 
-    __slots__ = ("collection", "kind", "name", "value")
+    __slots__ = ("collection", "kind", "name", "persistent", "value")
 
     def __init__(self, kind: str, text: str) -> None:
         self.kind = kind
@@ -114,10 +114,7 @@ class CollectionAction:
         self.collection = collection.upper()
         self.name = name.lower()
         self.value: Template = template(value.strip())
-
-    @property
-    def persistent(self) -> bool:
-        return self.collection in PERSISTENT
+        self.persistent = self.collection in PERSISTENT
 
     def apply(self, txn: Transaction) -> None:
         if not self.persistent:
