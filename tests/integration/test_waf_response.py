@@ -1,11 +1,12 @@
 """The WAF's response inspection, audit log and metrics through a real `portcullis run` with the
-OWASP CRS, in front of a real upstream that leaks: SQL errors in a page are answered 403, held
+OWASP CRS, in front of a real upstream that leaks: SQL errors in a page (plain or gzipped) are answered 403, held
 bodies are still refused when the peer trickles them, stream mode cuts the connection instead,
 the audit log holds one masked JSON line per verdict (and follows SIGUSR1), and /metrics counts
 blocks and rules."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -41,7 +42,8 @@ USER_RULES = [
 
 class _Handler(BaseHTTPRequestHandler):
     """/…/page?kind=sql|clean|header, /…/trickle?kind=sql|clean (a pause between chunks),
-    /…/binary: the last path segment names the answer, whatever route forwarded it."""
+    /…/binary, /…/gzpage?kind=sql|clean (the page gzipped): the last path segment names the
+    answer, whatever route forwarded it."""
 
     protocol_version = "HTTP/1.1"
 
@@ -64,6 +66,9 @@ class _Handler(BaseHTTPRequestHandler):
             body = b"<html><body>" + SQL_ERROR + b"</body></html>\n"
         elif kind == "header":
             extra.append(("X-Build", "internal-2024.1"))
+        if name == "gzpage":
+            body = gzip.compress(body, mtime=0)
+            extra.append(("Content-Encoding", "gzip"))
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -154,6 +159,16 @@ def test_a_leaking_page_is_answered_403(proxy: OpsProxy) -> None:
     clean = _get(proxy, "/hold/page?kind=clean")
     assert clean.status_code == 200 and clean.content == CLEAN
     assert clean.headers["content-length"] == str(len(CLEAN))  # held whole, so it has a length
+
+
+def test_a_gzipped_leak_is_read_and_refused_and_a_clean_page_arrives_as_sent(proxy: OpsProxy) -> None:
+    r = _get(proxy, "/hold/gzpage?kind=sql", {"Accept-Encoding": "gzip"})
+    assert r.status_code == 403
+    doc = _audit(proxy, r.headers["x-request-id"])
+    assert doc["phase"] == 4 and 951230 in [rule["id"] for rule in doc["rules"]]
+    clean = _get(proxy, "/hold/gzpage?kind=clean", {"Accept-Encoding": "gzip"})
+    assert clean.status_code == 200 and clean.headers["content-encoding"] == "gzip"
+    assert clean.content == gzip.compress(CLEAN, mtime=0)  # the peer's bytes, not re-encoded
 
 
 def test_a_trickled_body_is_held_and_still_refused(proxy: OpsProxy) -> None:

@@ -17,6 +17,7 @@ from portcullis.engine.messages import Response
 from portcullis.engine.phases import Phase
 from portcullis.engine.services import Services
 from portcullis.features.waf.audit import audit_line
+from portcullis.features.waf.inflate import Inflater
 from portcullis.features.waf.loader import Waf, describe, inbound_score, outbound_score
 from portcullis.features.waf.request import HttpRequest
 from portcullis.features.waf.transaction import Transaction
@@ -33,10 +34,12 @@ class State:
 
     __slots__ = (
         "body",
+        "decoder",
         "done",
         "held",
         "inbound",
         "inspect",
+        "plain",
         "response_done",
         "response_start",
         "sent",
@@ -57,6 +60,8 @@ class State:
         self.response_start = 0  # the first match of the response phases
         self.inspect = False  # the response body is read for phase 4
         self.held: list[bytes] = []  # response body bytes seen (held, in hold mode)
+        self.decoder: Inflater | None = None  # a gzip or deflate body: what inflates it for phase 4
+        self.plain: list[bytes] = []  # what it inflated to, held for phase 4 (hold mode)
         self.sent = False  # response body bytes were let through
         self.response_done = True  # phase 4 has run (or will not)
 

@@ -6,8 +6,9 @@ answer. Phase 4 runs once, when `max_response_body` bytes have been seen or the 
 in `hold` mode those bytes wait for it (the engine holds the head too, see
 `Filter.holds_response`), so a block is still a clean answer; in `stream` mode they flow on as
 they come, and a block after some were sent cuts the connection (the engine does that on
-`Refuse`). A body that is not inspected (its type is not listed, it is compressed, or there is
-none) has phase 4 run at once, on the head alone.
+`Refuse`). A gzip or deflate body is inflated for the rules (inflate.py) and forwarded as it
+came. A body that is not inspected (its type is not listed, another coding, or there is none)
+has phase 4 run at once, on the head alone.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from portcullis.engine.context import RequestContext
 from portcullis.engine.filter import Refuse
 from portcullis.engine.messages import Response, ResponseHead
 from portcullis.features.waf.filter import State, WafAction, state_of
+from portcullis.features.waf.inflate import Inflater, body_coding
 from portcullis.features.waf.loader import Waf, describe
 from portcullis.observability.stats import WorkerStats
 
@@ -59,16 +61,16 @@ class WafResponseAction(WafAction):
                 self._verdict_response(ctx, state)
                 return
         no_body = ctx.method == "HEAD" or head.status in (204, 304)
-        if self.phase4 and not no_body and self._inspectable(head):
+        coding = body_coding(head.get(b"content-encoding"))  # None: a coding we do not read
+        if self.phase4 and not no_body and coding is not None and self._inspectable(head):
             state.inspect = True
             state.response_done = False
+            if coding:
+                state.decoder = Inflater(coding)
         else:
             self._phase4(ctx, state)
 
     def _inspectable(self, head: ResponseHead) -> bool:
-        encoding = head.get(b"content-encoding")
-        if encoding is not None and encoding.strip().lower() not in (b"", b"identity"):
-            return False  # compressed: the rules would read noise
         content_type = head.get(b"content-type")
         if content_type is None:
             return False
@@ -80,23 +82,28 @@ class WafResponseAction(WafAction):
         if state is None or state.response_done:
             return chunk
         limit = self.max_response_body
+        decoder = state.decoder
+        # what the rules read of this piece: the piece, or the text it inflates to
+        seen = chunk if decoder is None else decoder.inflate(chunk, limit - state.size)
         if self.stream:
             room = limit - state.size
-            if chunk and room > 0:
-                state.held.append(chunk[:room])  # only the inspected part is kept
-            state.size += len(chunk)
+            if seen and room > 0:
+                state.held.append(seen[:room])  # only the inspected part is kept
             out = chunk
         else:
             if chunk:
-                state.held.append(chunk)
-            state.size += len(chunk)
+                state.held.append(chunk)  # as it came, until phase 4 lets it through
+            if decoder is not None and seen:
+                state.plain.append(seen)
             out = b""
+        state.size += len(seen)
         if state.size >= limit or end:
-            body = b"".join(state.held)
-            state.held = []
-            self._phase4(ctx, state, body[:limit])
+            held = b"".join(state.held)
+            text = held if self.stream or decoder is None else b"".join(state.plain)
+            state.held, state.plain = [], []
+            self._phase4(ctx, state, text[:limit])
             if not self.stream:
-                out = body  # phase 4 let it through: release what was held
+                out = held  # phase 4 let it through: release what was held
         if out:
             state.sent = True
         return out

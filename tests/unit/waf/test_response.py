@@ -1,9 +1,12 @@
 """Response inspection (phases 3 and 4) in the waf filter: the response variables, holding and
-streaming the inspected body, the body limit, which bodies are read, the outbound threshold,
-detect mode, and that routes without the option get no response hooks at all."""
+streaming the inspected body, the body limit, which bodies are read (gzip and deflate ones
+inflated, never past the limit), the outbound threshold, detect mode, and that routes without
+the option get no response hooks at all."""
 
 from __future__ import annotations
 
+import gzip
+import zlib
 from typing import Any
 
 import pytest
@@ -133,7 +136,7 @@ def test_stream_mode_passes_bytes_and_flags_a_late_block() -> None:
 
 def test_only_listed_uncompressed_types_are_read() -> None:
     flt = waf()
-    for headers in ([(b"Content-Type", b"application/octet-stream")], [*HTML, (b"Content-Encoding", b"gzip")], []):
+    for headers in ([(b"Content-Type", b"application/octet-stream")], [*HTML, (b"Content-Encoding", b"br")], []):
         c = started(flt)
         flt.on_upstream_response(c, ResponseHead(200, headers))
         assert flt.on_response_body(c, b"SQL syntax", False) == b"SQL syntax"
@@ -142,6 +145,74 @@ def test_only_listed_uncompressed_types_are_read() -> None:
     c = started(flt)
     flt.on_upstream_response(c, ResponseHead(200, [(b"Content-Type", b"application/json")]))
     assert flt.on_response_body(c, b'{"e": "SQL syntax"}', False) == b""
+    refused(flt.on_response_body, c, b"", True)
+
+
+def pieces(data: bytes, size: int = 7) -> list[bytes]:
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def through(flt: WafResponseAction, c: RequestContext, body: list[bytes]) -> bytes:
+    out = b"".join(flt.on_response_body(c, piece, False) for piece in body)
+    return out + flt.on_response_body(c, b"", True)
+
+
+@pytest.mark.parametrize(
+    ("coding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, as some servers send it
+    ],
+)
+def test_a_compressed_body_is_inflated_for_the_rules_and_forwarded_as_it_came(coding: str, compress: Any) -> None:
+    flt = waf()
+    head = [*HTML, (b"Content-Encoding", coding.encode())]
+    clean = compress(b"<p>all is well</p>" * 50)
+    c = started(flt)
+    flt.on_upstream_response(c, ResponseHead(200, list(head)))
+    assert through(flt, c, pieces(clean)) == clean  # the compressed bytes, unchanged
+    leak = compress(b"<p>You have an error in your SQL syntax near line 1</p>")
+    c = started(flt)
+    flt.on_upstream_response(c, ResponseHead(200, list(head)))
+    refusal = refused(through, flt, c, pieces(leak))
+    assert refusal.response.status == 403 and "400" in refusal.reason
+
+
+def test_inflating_stops_at_the_inspected_size() -> None:
+    """A small body that expands to megabytes (a decompression bomb) is read only as far as
+    max_response_body: what lies past it is not inflated, nor seen."""
+    flt = waf(max_response_body=4096)
+    bomb = gzip.compress(b"\0" * 20_000_000 + b"SQL syntax")
+    assert len(bomb) < 50_000
+    c = started(flt)
+    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    assert through(flt, c, pieces(bomb, 8192)) == bomb
+    assert c.decision is None
+    early = gzip.compress(b"SQL syntax" + b"\0" * 20_000_000)
+    c = started(flt)
+    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    refused(through, flt, c, pieces(early, 8192))
+
+
+def test_a_body_that_does_not_inflate_passes_on_what_could_be_read() -> None:
+    flt = waf()
+    c = started(flt)
+    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    assert through(flt, c, [b"not gzip at all, SQL syntax"]) == b"not gzip at all, SQL syntax"
+    broken = gzip.compress(b"<p>SQL syntax</p>")[:-12] + b"garbage!" * 3
+    c = started(flt)
+    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    refused(through, flt, c, pieces(broken, 8))  # the leak came (in an earlier piece) before the damage
+
+
+def test_stream_mode_inflates_too() -> None:
+    flt = waf(response_body_mode="stream")
+    leak = gzip.compress(b"<p>first</p>" + b"<p>SQL syntax</p>")
+    c = started(flt)
+    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    assert flt.on_response_body(c, leak[:10], False) == leak[:10]
+    assert flt.on_response_body(c, leak[10:], False) == leak[10:]
     refused(flt.on_response_body, c, b"", True)
 
 
