@@ -165,14 +165,18 @@ class Transaction:
         """The response variables of phase 3."""
         self._forget_values()
         self.collections["RESPONSE_HEADERS"] = headers
-        content_type = ""
+        content_type = length = ""
         for name, value in headers:
-            if name.lower() == "content-type":
+            low = name.lower()
+            if low == "content-type" and not content_type:
                 content_type = value
-                break
+            elif low == "content-length" and not length:
+                length = value.strip()
         self.scalars["RESPONSE_STATUS"] = str(status)
         self.scalars["RESPONSE_PROTOCOL"] = protocol
         self.scalars["RESPONSE_CONTENT_TYPE"] = content_type
+        if length:
+            self.scalars["RESPONSE_CONTENT_LENGTH"] = length  # absent when the body is chunked
 
     def load_response_body(self, body: bytes) -> None:
         """RESPONSE_BODY for phase 4: the inspected start of the body, latin-1 like the request's."""

@@ -80,15 +80,20 @@ def test_response_variables() -> None:
         'SecRule RESPONSE_HEADERS_NAMES "@streq X-One" "id:3,phase:3,pass,msg:names"\n'
         'SecRule RESPONSE_CONTENT_TYPE "@beginsWith text/" "id:4,phase:3,pass,msg:ctype"\n'
         'SecRule RESPONSE_BODY "@rx ^<p>" "id:5,phase:4,pass,msg:body"\n'
+        'SecRule RESPONSE_CONTENT_LENGTH "@eq 16" "id:6,phase:3,pass,msg:length"\n'
     )
     w = Waf.from_text(rules)
     txn = w.begin(HttpRequest("GET", "/"))
-    txn.load_response_head(404, "HTTP/1.1", [("Content-Type", "text/html"), ("X-One", "1")])
+    txn.load_response_head(404, "HTTP/1.1", [("Content-Type", "text/html"), ("X-One", "1"), ("Content-Length", "16")])
     w.phase(txn, 3)
     txn.load_response_body(b"<p>not found</p>")
     w.phase(txn, 4)
-    assert [m.rule_id for m in txn.matches] == [1, 2, 3, 4, 5]
-    assert [m.phase for m in txn.matches] == [3, 3, 3, 3, 4]
+    assert [m.rule_id for m in txn.matches] == [1, 2, 3, 4, 6, 5]
+    assert [m.phase for m in txn.matches] == [3, 3, 3, 3, 3, 4]
+    chunked = w.begin(HttpRequest("GET", "/"))
+    chunked.load_response_head(200, "HTTP/1.1", [("Content-Type", "text/html"), ("Transfer-Encoding", "chunked")])
+    w.phase(chunked, 3)
+    assert 6 not in [m.rule_id for m in chunked.matches]
 
 
 def test_phase3_block_replaces_the_response() -> None:
