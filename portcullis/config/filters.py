@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from portcullis.config.types import Duration, HeaderName, HeaderValue, Regex, Size, Strict
 
@@ -104,6 +104,43 @@ class WafRegexLimits(Strict):
     """Characters of a value a regex sees (the start of a longer one; 0: no cap)."""
 
 
+def _seclang_problem(exc: Exception) -> str:
+    """A rule compiler's error as one reason: `line N: ...` within the rule text or file."""
+    text = re.sub(r"^<inline>:0: ", "", str(exc))
+    return re.sub(r"<rule>:(\d+): ", r"line \1: ", text)
+
+
+def _compiles(source: str, text: str) -> None:
+    # the WAF's own compiler is the judge of its language; imported here, when a config has rules
+    from portcullis.features.waf.operators import OperatorError
+    from portcullis.features.waf.ruleset import compile_ruleset
+    from portcullis.features.waf.seclang import SecLangError
+
+    try:
+        compile_ruleset([(source, text)])
+    except (SecLangError, OperatorError, OSError) as exc:
+        raise ValueError(_seclang_problem(exc)) from None
+
+
+def _inline_rules(text: str) -> str:
+    _compiles("<rule>", text)
+    return text
+
+
+def _rule_file(path: str) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror or exc}") from None
+    _compiles(path, text)
+    return path
+
+
+InlineRules = Annotated[str, AfterValidator(_inline_rules)]
+RuleFile = Annotated[str, AfterValidator(_rule_file)]
+
+
 class WafFilter(Strict):
     type: Literal["waf"]
     crs: str | None = None
@@ -112,9 +149,9 @@ class WafFilter(Strict):
     mode: Literal["block", "detect"] = "block"
     anomaly_threshold: WafThreshold = WafThreshold()
     exclusions: list[WafExclusion] = []
-    rules: list[str] = []
+    rules: list[InlineRules] = []
     """Inline SecLang rules, loaded after the CRS."""
-    rule_files: list[str] = []
+    rule_files: list[RuleFile] = []
     max_body: Size = 128 * 1024
     """Request body bytes inspected; a longer body is rejected (413) or passed per `on_body_limit`."""
     on_body_limit: Literal["reject", "pass"] = "reject"

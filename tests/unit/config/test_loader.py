@@ -253,6 +253,38 @@ def test_bad_regex(tmp_path: Path) -> None:
     assert "Value error" not in issue
 
 
+def test_bad_waf_rules(tmp_path: Path) -> None:
+    """The WAF's own language is checked with the file: a rule that would not compile is
+    refused at its line, not when a worker starts."""
+    text = """\
+    listeners: [{name: web, listen: 127.0.0.1:8080}]
+    routes:
+      - name: r
+        upstream: app
+        match: {path_prefix: /}
+        filters:
+          - type: waf
+            rules:
+              - 'SecRule ARGS "@rx a" "id:1,phase:2,deny"'
+              - |
+                SecRule ARGS "@rx b" "id:2,phase:2,deny"
+                SecRule ARGS "@rx (" "id:3,phase:2,deny"
+            rule_files: [missing.conf]
+    upstreams:
+      app: {peers: [{url: http://127.0.0.1:9001}]}
+    """
+    file, issues = problems(tmp_path, text)
+    assert issues == [
+        f"{file}:10: routes[0].filters[0].rules[1]: line 2: invalid regular expression '(': missing ) at position 1",
+        f"{file}:13: routes[0].filters[0].rule_files[0]: cannot read 'missing.conf': No such file or directory",
+    ]
+    (tmp_path / "bad.conf").write_text('SecRule ARGS "@nosuchop x" "id:4,phase:2,deny"\n')
+    fixed = text.replace('"@rx ("', '"@rx c"').replace("missing.conf", str(tmp_path / "bad.conf"))
+    file, issues = problems(tmp_path, fixed)
+    bad = tmp_path / "bad.conf"
+    assert issues == [f"{file}:13: routes[0].filters[0].rule_files[0]: {bad}:1: unknown operator @nosuchop"]
+
+
 def test_missing_required_field(tmp_path: Path) -> None:
     text = """\
     listeners:

@@ -74,9 +74,12 @@ def test_config_rejects(bad: dict[str, Any]) -> None:
 
 
 def test_bad_rules_are_a_config_error() -> None:
-    config = WafFilter.model_validate({"type": "waf", "rules": ['SecRule ARGS "@nosuch" "id:1"']})
+    bad = ['SecRule ARGS "@nosuch" "id:1"']
+    with pytest.raises(ValidationError, match="unknown operator @nosuch"):
+        WafFilter.model_validate({"type": "waf", "rules": bad})
+    # and when the filter is built from a config that skipped validation (made in code)
     with pytest.raises(ConfigError):
-        build(config, Services())
+        build(WafFilter.model_construct(type="waf", rules=bad), Services())
 
 
 def test_clean_get_passes_and_attack_blocks_with_decision() -> None:
