@@ -3,6 +3,7 @@ removals and target updates applied, operators and transformations compiled once
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Callable
@@ -43,6 +44,18 @@ SEVERITIES = {
     "7": "DEBUG",
 }
 _DISRUPTIVE = ("deny", "block", "pass", "allow", "drop", "redirect", "proxy")
+# every action of ModSecurity's reference manual (lower case): a rule with another one is refused,
+# as ModSecurity refuses it, rather than run without what a typo meant (`dney`)
+ACTIONS = frozenset(
+    {
+        "accuracy", "allow", "append", "auditlog", "block", "capture", "chain", "ctl", "deny", "deprecatevar",
+        "drop", "exec", "expirevar", "id", "initcol", "log", "logdata", "maturity", "msg", "multimatch",
+        "noauditlog", "nolog", "pass", "pause", "phase", "prepend", "proxy", "redirect", "rev", "sanitisearg",
+        "sanitisematched", "sanitisematchedbytes", "sanitiserequestheader", "sanitiseresponseheader", "setenv",
+        "setrsc", "setsid", "setuid", "setvar", "severity", "skip", "skipafter", "status", "t", "tag", "ver",
+        "xmlns",
+    }
+)  # fmt: skip
 _PHASES = {"request": 2, "response": 4, "logging": 5}
 
 
@@ -272,6 +285,10 @@ class _Compiler:
         return index, self.pipeline_funcs[index]
 
     def rule(self, spec: RuleSpec, head: Rule | None) -> Rule:
+        for name, _ in spec.actions:
+            if name not in ACTIONS:
+                close = difflib.get_close_matches(name, ACTIONS, 1)
+                raise ValueError(f"unknown action {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         actions = list(spec.actions)
         phase = head.phase if head is not None else 2
         if head is None:

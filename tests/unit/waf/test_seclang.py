@@ -142,3 +142,13 @@ def test_errors_are_collected_with_locations() -> None:
 def test_block_takes_the_default_disruptive_action() -> None:
     rules = _rules('SecDefaultAction "phase:2,log,deny"\nSecRule ARGS "@rx x" "id:1,phase:2,block"')
     assert rules[1].disruptive == "deny"
+
+
+def test_an_unknown_action_is_refused_with_its_place() -> None:
+    from portcullis.features.waf.ruleset import compile_ruleset
+
+    text = 'SecRule ARGS "@rx a" "id:1,phase:2,pass,nolog"\nSecRule ARGS "@rx b" "id:2,phase:2,dney,msg:x"\n'
+    with pytest.raises(SecLangError, match=r"rules\.conf:2: unknown action 'dney' \(did you mean 'deny'\?\)"):
+        compile_ruleset([("rules.conf", text)])
+    # the actions ModSecurity knows but this engine does not act on are accepted
+    compile_ruleset([("ok.conf", 'SecRule ARGS "@rx a" "id:3,phase:2,pass,rev:2,maturity:9,accuracy:9,setenv:x=1"')])
