@@ -279,6 +279,11 @@ class _Compiler:
         if key not in self.pipelines:
             parent = self.pipeline(names[:-1])[0] if names else -1
             self.pipelines[key] = len(self.pipeline_funcs)
+            for name in names:
+                if name.lower() not in T.TRANSFORMS:
+                    close = difflib.get_close_matches(name.lower(), T.TRANSFORMS, 1)
+                    hint = f" (did you mean {close[0]!r}?)" if close else ""
+                    raise ValueError(f"unknown transformation t:{name}{hint}")
             self.pipeline_funcs.append(tuple(T.lookup(n) for n in names))
             self.parents.append(parent)
         index = self.pipelines[key]
@@ -289,6 +294,12 @@ class _Compiler:
             if name not in ACTIONS:
                 close = difflib.get_close_matches(name, ACTIONS, 1)
                 raise ValueError(f"unknown action {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if head is None:
+            rule_id = spec.action("id")
+            if rule_id is None:
+                raise ValueError("a rule needs an id (id:N)")
+            if not rule_id.isdigit() or int(rule_id) == 0:
+                raise ValueError(f"bad id {rule_id!r}: a positive number")
         actions = list(spec.actions)
         phase = head.phase if head is not None else 2
         if head is None:

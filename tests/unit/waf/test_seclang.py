@@ -152,3 +152,25 @@ def test_an_unknown_action_is_refused_with_its_place() -> None:
         compile_ruleset([("rules.conf", text)])
     # the actions ModSecurity knows but this engine does not act on are accepted
     compile_ruleset([("ok.conf", 'SecRule ARGS "@rx a" "id:3,phase:2,pass,rev:2,maturity:9,accuracy:9,setenv:x=1"')])
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (
+            'SecRule ARGS "@rx a" "id:1,phase:2,deny,t:lowercse"',
+            "unknown transformation t:lowercse (did you mean 'lowercase'?)",
+        ),
+        ('SecRule ARGS "@rx a" "phase:2,deny"', "a rule needs an id (id:N)"),
+        ('SecAction "id:x,phase:2,pass"', "bad id 'x': a positive number"),
+        ('SecRule ARGS "@rx a" "id:0,phase:2,deny"', "bad id '0': a positive number"),
+    ],
+)
+def test_a_rule_that_modsecurity_would_refuse_is_refused(rule: str, problem: str) -> None:
+    from portcullis.features.waf.ruleset import compile_ruleset
+
+    with pytest.raises(SecLangError) as info:
+        compile_ruleset([("r.conf", rule)])
+    assert str(info.value).endswith(f"r.conf:1: {problem}")
+    # a chain's later links carry no id
+    compile_ruleset([("r.conf", 'SecRule ARGS "@rx a" "id:5,phase:2,deny,chain"\n  SecRule ARGS "@rx b" "t:none"')])
