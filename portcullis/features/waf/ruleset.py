@@ -56,6 +56,33 @@ ACTIONS = frozenset(
         "xmlns",
     }
 )  # fmt: skip
+# every variable of ModSecurity's reference manual: a target naming another is refused (`ARG`)
+VARIABLES = frozenset(
+    {
+        "ARGS", "ARGS_COMBINED_SIZE", "ARGS_GET", "ARGS_GET_NAMES", "ARGS_NAMES", "ARGS_POST", "ARGS_POST_NAMES",
+        "AUTH_TYPE", "DURATION", "ENV", "FILES", "FILES_COMBINED_SIZE", "FILES_NAMES", "FILES_SIZES",
+        "FILES_TMPNAMES", "FILES_TMP_CONTENT", "FULL_REQUEST", "FULL_REQUEST_LENGTH", "GEO", "GLOBAL",
+        "HIGHEST_SEVERITY", "INBOUND_DATA_ERROR", "IP", "MATCHED_VAR", "MATCHED_VARS", "MATCHED_VAR_NAME",
+        "MATCHED_VARS_NAMES", "MODSEC_BUILD", "MSC_PCRE_LIMITS_EXCEEDED", "MULTIPART_BOUNDARY_QUOTED",
+        "MULTIPART_BOUNDARY_WHITESPACE", "MULTIPART_CRLF_LF_LINES", "MULTIPART_DATA_AFTER", "MULTIPART_DATA_BEFORE",
+        "MULTIPART_FILE_LIMIT_EXCEEDED", "MULTIPART_FILENAME", "MULTIPART_HEADER_FOLDING",
+        "MULTIPART_INVALID_HEADER_FOLDING", "MULTIPART_INVALID_PART", "MULTIPART_INVALID_QUOTING",
+        "MULTIPART_LF_LINE", "MULTIPART_MISSING_SEMICOLON", "MULTIPART_NAME", "MULTIPART_PART_HEADERS",
+        "MULTIPART_SEMICOLON_MISSING", "MULTIPART_STRICT_ERROR", "MULTIPART_UNMATCHED_BOUNDARY",
+        "OUTBOUND_DATA_ERROR", "PATH_INFO", "QUERY_STRING", "REMOTE_ADDR", "REMOTE_HOST", "REMOTE_PORT",
+        "REMOTE_USER", "REQBODY_ERROR", "REQBODY_ERROR_MSG", "REQBODY_PROCESSOR", "REQBODY_PROCESSOR_ERROR",
+        "REQBODY_PROCESSOR_ERROR_MSG", "REQUEST_BASENAME", "REQUEST_BODY", "REQUEST_BODY_LENGTH", "REQUEST_COOKIES",
+        "REQUEST_COOKIES_NAMES", "REQUEST_FILENAME", "REQUEST_HEADERS", "REQUEST_HEADERS_NAMES", "REQUEST_LINE",
+        "REQUEST_METHOD", "REQUEST_PROTOCOL", "REQUEST_URI", "REQUEST_URI_RAW", "RESOURCE", "RESPONSE_BODY",
+        "RESPONSE_CONTENT_LENGTH", "RESPONSE_CONTENT_TYPE", "RESPONSE_HEADERS", "RESPONSE_HEADERS_NAMES",
+        "RESPONSE_PROTOCOL", "RESPONSE_STATUS", "RULE", "SCRIPT_BASENAME", "SCRIPT_FILENAME", "SCRIPT_GID",
+        "SCRIPT_GROUPNAME", "SCRIPT_MODE", "SCRIPT_UID", "SCRIPT_USERNAME", "SDBM_DELETE_ERROR", "SERVER_ADDR",
+        "SERVER_NAME", "SERVER_PORT", "SESSION", "SESSIONID", "STATUS_LINE", "STREAM_INPUT_BODY",
+        "STREAM_OUTPUT_BODY", "TIME", "TIME_DAY", "TIME_EPOCH", "TIME_HOUR", "TIME_MIN", "TIME_MON", "TIME_SEC",
+        "TIME_WDAY", "TIME_YEAR", "TX", "UNIQUE_ID", "URLENCODED_ERROR", "USER", "USERAGENT_IP", "USERID",
+        "WEBAPPID", "WEBSERVER_ERROR_LOG", "XML",
+    }
+)  # fmt: skip
 _PHASES = {"request": 2, "response": 4, "logging": 5}
 
 
@@ -294,12 +321,17 @@ class _Compiler:
             if name not in ACTIONS:
                 close = difflib.get_close_matches(name, ACTIONS, 1)
                 raise ValueError(f"unknown action {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for target in [*spec.targets, *spec.extra_exclusions]:
+            if target.collection not in VARIABLES:
+                close = difflib.get_close_matches(target.collection, VARIABLES, 1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                raise ValueError(f"unknown variable {target.collection!r}{hint}")
         if head is None:
-            rule_id = spec.action("id")
-            if rule_id is None:
+            written_id = spec.action("id")
+            if written_id is None:
                 raise ValueError("a rule needs an id (id:N)")
-            if not rule_id.isdigit() or int(rule_id) == 0:
-                raise ValueError(f"bad id {rule_id!r}: a positive number")
+            if not written_id.isdigit() or int(written_id) == 0:
+                raise ValueError(f"bad id {written_id!r}: a positive number")
         actions = list(spec.actions)
         phase = head.phase if head is not None else 2
         if head is None:

@@ -174,3 +174,13 @@ def test_a_rule_that_modsecurity_would_refuse_is_refused(rule: str, problem: str
     assert str(info.value).endswith(f"r.conf:1: {problem}")
     # a chain's later links carry no id
     compile_ruleset([("r.conf", 'SecRule ARGS "@rx a" "id:5,phase:2,deny,chain"\n  SecRule ARGS "@rx b" "t:none"')])
+
+
+def test_an_unknown_variable_is_refused() -> None:
+    from portcullis.features.waf.ruleset import compile_ruleset
+
+    with pytest.raises(SecLangError, match=r"r\.conf:1: unknown variable 'ARG' \(did you mean 'ARGS'\?\)"):
+        compile_ruleset([("r.conf", 'SecRule ARG "@rx a" "id:1,phase:2,deny"')])
+    rules = 'SecRule ARGS "@rx a" "id:1,phase:2,deny"\nSecRuleUpdateTargetById 1 "!REQUEST_HEADER:x"\n'
+    with pytest.raises(SecLangError, match="unknown variable 'REQUEST_HEADER'"):
+        compile_ruleset([("r.conf", rules)])
