@@ -83,6 +83,32 @@ VARIABLES = frozenset(
         "WEBAPPID", "WEBSERVER_ERROR_LOG", "XML",
     }
 )  # fmt: skip
+# ModSecurity's directives: the rule directives above act, the engine settings are accepted as
+# they are (the config's own keys set what they would); another name is refused (`SecRul`)
+_CASED = {
+    name.lower(): name
+    for name in (
+        "SecAction", "SecArgumentSeparator", "SecArgumentsLimit", "SecAuditEngine", "SecAuditLog", "SecAuditLog2",
+        "SecAuditLogDirMode", "SecAuditLogFileMode", "SecAuditLogFormat", "SecAuditLogParts",
+        "SecAuditLogRelevantStatus", "SecAuditLogStorageDir", "SecAuditLogType", "SecCacheTransformations",
+        "SecChrootDir", "SecCollectionTimeout", "SecComponentSignature", "SecConnEngine", "SecContentInjection",
+        "SecCookieFormat", "SecCookieV0Separator", "SecDataDir", "SecDebugLog", "SecDebugLogLevel",
+        "SecDefaultAction", "SecDisableBackendCompression", "SecGeoLookupDb", "SecGsbLookupDb", "SecGuardianLog",
+        "SecHashEngine", "SecHashKey", "SecHashMethodPm", "SecHashMethodRx", "SecHashParam", "SecHttpBlKey",
+        "SecInterceptOnError", "SecMarker", "SecPcreMatchLimit", "SecPcreMatchLimitRecursion", "SecReadStateLimit",
+        "SecRemoteRules", "SecRemoteRulesFailAction", "SecRequestBodyAccess", "SecRequestBodyInMemoryLimit",
+        "SecRequestBodyJsonDepthLimit", "SecRequestBodyLimit", "SecRequestBodyLimitAction",
+        "SecRequestBodyNoFilesLimit", "SecResponseBodyAccess", "SecResponseBodyLimit", "SecResponseBodyLimitAction",
+        "SecResponseBodyMimeType", "SecResponseBodyMimeTypesClear", "SecRule", "SecRuleEngine", "SecRuleInheritance",
+        "SecRulePerfTime", "SecRuleRemoveById", "SecRuleRemoveByMsg", "SecRuleRemoveByTag", "SecRuleScript",
+        "SecRuleUpdateActionById", "SecRuleUpdateTargetById", "SecRuleUpdateTargetByMsg", "SecRuleUpdateTargetByTag",
+        "SecSensorId", "SecServerSignature", "SecStatusEngine", "SecStreamInBodyInspection",
+        "SecStreamOutBodyInspection", "SecTmpDir", "SecTmpSaveUploadedFiles", "SecUnicodeMapFile", "SecUploadDir",
+        "SecUploadFileLimit", "SecUploadFileMode", "SecUploadKeepFiles", "SecWebAppId", "SecWriteStateLimit",
+        "SecXmlExternalEntity",
+    )
+}  # fmt: skip
+DIRECTIVES = frozenset(_CASED)
 _PHASES = {"request": 2, "response": 4, "logging": 5}
 
 
@@ -244,6 +270,10 @@ class _Builder:
                     spec.actions = [(k, v) for k, v in spec.actions if k not in _DISRUPTIVE]
                 single = names & {"msg", "logdata", "severity", "status", "phase"}
                 spec.actions = [(k, v) for k, v in spec.actions if k not in single] + actions
+        elif name not in DIRECTIVES:
+            close = difflib.get_close_matches(name, DIRECTIVES, 1)
+            hint = f" (did you mean {_CASED[close[0]]}?)" if close else ""
+            raise ValueError(f"unknown directive {d.name}{hint}")
         # SecRuleEngine, SecRequestBodyAccess, SecComponentSignature ... carry no rule semantics here
 
     def _select(self, how: str, selector: str) -> list[RuleSpec]:
@@ -463,6 +493,11 @@ def compile_ruleset(sources: list[tuple[str, str]], guard: Guard | None = None) 
             rule = compiler.rule(spec, None)
         except (OperatorError, KeyError, ValueError) as exc:
             builder.errors.append(f"{spec.source}:{spec.line}: {exc}")
+            continue
+        if rule.id in rules_by_id:
+            first = rules_by_id[rule.id]
+            where = f"{first.source}:{first.line}"
+            builder.errors.append(f"{spec.source}:{spec.line}: duplicate rule id {rule.id} (first at {where})")
             continue
         phases[rule.phase].append(rule)
         if rule.id:

@@ -184,3 +184,15 @@ def test_an_unknown_variable_is_refused() -> None:
     rules = 'SecRule ARGS "@rx a" "id:1,phase:2,deny"\nSecRuleUpdateTargetById 1 "!REQUEST_HEADER:x"\n'
     with pytest.raises(SecLangError, match="unknown variable 'REQUEST_HEADER'"):
         compile_ruleset([("r.conf", rules)])
+
+
+def test_an_unknown_directive_and_a_duplicate_id_are_refused() -> None:
+    from portcullis.features.waf.ruleset import compile_ruleset
+
+    with pytest.raises(SecLangError, match=r"r\.conf:2: unknown directive SecRul \(did you mean SecRule\?\)"):
+        compile_ruleset([("r.conf", 'SecRuleEngine On\nSecRul ARGS "@rx a" "id:1,phase:2,deny"\n')])
+    twice = 'SecRule ARGS "@rx a" "id:7,phase:2,deny"\nSecAction "id:7,phase:1,pass"\n'
+    with pytest.raises(SecLangError, match=r"r\.conf:2: duplicate rule id 7 \(first at r\.conf:1\)"):
+        compile_ruleset([("r.conf", twice)])
+    # engine settings ModSecurity knows are accepted as they are
+    compile_ruleset([("ok.conf", "SecRequestBodyAccess On\nSecResponseBodyMimeType text/plain\nSecDataDir /tmp\n")])
