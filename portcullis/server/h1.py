@@ -34,7 +34,9 @@ _STATUS_LINES: dict[int, bytes] = {}
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 # connection states, for the watchdog
-_IDLE, _HEAD, _BODY, _WAIT, _TUNNEL = range(5)
+_IDLE, _HEAD, _BODY, _WAIT, _TUNNEL, _LINGER = range(6)
+LINGER_TIME = 2.0
+"""Seconds a connection closed while the client was still sending reads and drops what comes."""
 
 
 def status_line(status: int) -> bytes:
@@ -164,6 +166,8 @@ class H1Connection(H1RequestReader, HeldWrites, asyncio.Protocol):
             self._close()
         elif state == _IDLE:
             self._close()
+        elif state == _LINGER and self.transport is not None:
+            self.transport.close()
 
     # ================================================================== request events
     def request_head(self, head: RequestHead) -> None:
@@ -429,6 +433,20 @@ class H1Connection(H1RequestReader, HeldWrites, asyncio.Protocol):
         self._closing = True
         self._stopped = True  # no more parsing
         self.deadline = 0.0
-        if self.transport is not None:
+        transport = self.transport
+        if transport is not None:
             self.send_held()
-            self.transport.close()
+            if self._state in (_HEAD, _BODY) and transport.can_write_eof():
+                self._linger(transport)
+                return
+            transport.close()
+
+    def _linger(self, transport: asyncio.Transport) -> None:
+        """Closed while the client is still sending (an early answer to a request with a body, a
+        413, a 431): closing now would make the kernel answer its next bytes with a reset, which
+        can reach the client before it has read the answer. So the answer ends with a FIN, and
+        what still comes is read and dropped until the client closes or LINGER_TIME has passed."""
+        self._state = _LINGER
+        transport.write_eof()
+        transport.resume_reading()
+        self.deadline = self._runtime.watchdog.now + LINGER_TIME

@@ -6,10 +6,13 @@ Routes tag what they forward with `X-Route: <route name>` (a headers filter), se
 
 from __future__ import annotations
 
+import socket
+import time
 from typing import Any
 
 import httpx
 import pytest
+from harness import Proxy
 
 pytestmark = pytest.mark.integration
 
@@ -187,6 +190,26 @@ def test_respond_fixed_body(client: httpx.Client) -> None:
     teapot = client.post("/teapot", content=b"ignored body")
     assert (teapot.status_code, teapot.content) == (418, b"short and stout")
     assert teapot.headers["Content-Type"] == "text/x-teapot"
+
+
+def test_an_early_answer_reaches_a_client_still_sending_its_body(proxy: Proxy) -> None:
+    """The route answers before the body has come; the connection is then closed, but more
+    body bytes keep arriving. Closed at once, the kernel would answer them with a reset that
+    can wipe the answer before the client reads it; lingering, the answer ends with a FIN."""
+    with socket.create_connection(("127.0.0.1", proxy.port), timeout=5) as sock:
+        sock.sendall(b"POST /teapot HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n" + b"x" * 1000)
+        time.sleep(0.3)  # the answer is sent and the connection closed meanwhile
+        for _ in range(8):
+            sock.sendall(b"y" * 16384)  # more of the body, to a socket the proxy closed
+        time.sleep(0.1)
+        data = b""
+        while True:
+            piece = sock.recv(65536)  # ConnectionResetError here: the answer was lost
+            if not piece:
+                break
+            data += piece
+    assert data.startswith(b"HTTP/1.1 418 ") and data.endswith(b"short and stout")
+    assert b"connection: close" in data.lower()
 
 
 def test_respond_to_head_has_no_body(client: httpx.Client) -> None:

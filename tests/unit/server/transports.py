@@ -21,10 +21,18 @@ routes: [{name: all, upstream: app}]
 
 
 class Transport:
-    def __init__(self, peer: tuple[str, int]) -> None:
+    def __init__(self, peer: tuple[str, int], half_close: bool = True) -> None:
         self.peer = peer
         self.written: list[bytes] = []
         self.closed = False
+        self.half_close = half_close  # False: like TLS, which cannot send a FIN alone
+        self.eof_written = False
+
+    def can_write_eof(self) -> bool:
+        return self.half_close
+
+    def write_eof(self) -> None:
+        self.eof_written = True
 
     def write(self, data: bytes) -> None:
         self.written.append(data)
