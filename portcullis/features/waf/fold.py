@@ -255,7 +255,7 @@ def _adds(setvar: SetVar, head: Rule) -> bool:
     if ref in ("rule.id", "rule.severity"):
         return False
     if ref == "rule.msg":
-        return head.msg_template.static is False or head.msg[:1] in "+-"
+        return not head.msg_template.static or head.msg[:1] in "+-"
     return True
 
 
