@@ -31,7 +31,6 @@ MAX_RECORDS = 50_000
 class Record:
     values: dict[str, str] = field(default_factory=dict)
     expires: dict[str, float] = field(default_factory=dict)  # variable -> when it goes
-    created: float = 0.0
     updated: float = 0.0
 
 
@@ -75,7 +74,7 @@ class CollectionStore:
             slot = (collection, key)
             record = self.records.pop(slot, None)  # popped: written again, it moves to the end
             if record is None:
-                record = Record(created=now)
+                record = Record()
             record.values = dict(values)
             expires = {name: at for name, at in record.expires.items() if name in values}
             for (col, name), seconds in expiries.items():
