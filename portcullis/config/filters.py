@@ -104,22 +104,16 @@ class WafRegexLimits(Strict):
     """Characters of a value a regex sees (the start of a longer one; 0: no cap)."""
 
 
-def _seclang_problem(exc: Exception) -> str:
-    """A rule compiler's error as one reason: `line N: ...` within the rule text or file."""
-    text = re.sub(r"^<inline>:0: ", "", str(exc))
-    return re.sub(r"<rule>:(\d+): ", r"line \1: ", text)
-
-
 def _compiles(source: str, text: str) -> None:
     # the WAF's own compiler is the judge of its language; imported here, when a config has rules
-    from portcullis.features.waf.operators import OperatorError
     from portcullis.features.waf.ruleset import compile_ruleset
     from portcullis.features.waf.seclang import SecLangError
 
     try:
         compile_ruleset([(source, text)])
-    except (SecLangError, OperatorError, OSError) as exc:
-        raise ValueError(_seclang_problem(exc)) from None
+    except (SecLangError, OSError) as exc:
+        # an inline rule's places are lines within its text
+        raise ValueError(re.sub(r"<rule>:(\d+): ", r"line \1: ", str(exc))) from None
 
 
 def _inline_rules(text: str) -> str:

@@ -503,7 +503,7 @@ def compile_ruleset(sources: list[tuple[str, str]], guard: Guard | None = None) 
         if rule.id:
             rules_by_id[rule.id] = rule
     if builder.errors:
-        raise SecLangError("; ".join(builder.errors[:20]))
+        raise SecLangError("; ".join(builder.errors[:20]), None)
     markers = {
         p: {e.name: i for i, e in enumerate(entries) if isinstance(e, Marker)} for p, entries in phases.items()
     }

@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 
 class SecLangError(ValueError):
-    def __init__(self, message: str, source: str = "<inline>", line: int = 0) -> None:
-        super().__init__(f"{source}:{line}: {message}")
+    def __init__(self, message: str, source: str | None = "<inline>", line: int = 0) -> None:
+        # source None: the message names its places itself (compile_ruleset's list of errors)
+        super().__init__(message if source is None else f"{source}:{line}: {message}")
         self.source = source
         self.line = line
 
