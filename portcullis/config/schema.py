@@ -125,6 +125,9 @@ class Listener(Strict):
     """The port in that URL."""
     h2c: bool = False
     """Accept prior-knowledge cleartext HTTP/2 on a plain listener."""
+    shards: int = Field(default=8, ge=1, le=64)
+    """Listening sockets on the address (SO_REUSEPORT, Linux), all served by every worker: the
+    event loop accepts one connection per socket in each turn, so more sockets accept more at once."""
 
     @model_validator(mode="after")
     def _plain_only(self) -> Listener:

@@ -1,7 +1,8 @@
 """The master process: binds the listeners, runs and replaces the workers, reloads, serves admin.
 
 Workers are separate Python processes (`portcullis.worker.process`) that inherit the listening
-sockets, so the kernel spreads connections over them. A reload is checked here first; a good
+sockets (each listener's group of shards, `portcullis.supervisor.sockets`), so the kernel
+spreads connections over them. A reload is checked here first; a good
 config is sent to every worker, which provisions it completely before swapping it in.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 from portcullis.balancing.active import HealthChecker, PeerCheck
 from portcullis.config import Config, ConfigError, load_config_text
 from portcullis.observability.events import event, setup_logging
-from portcullis.supervisor.sockets import BindError, bind_listener
+from portcullis.supervisor.sockets import BindError, bind_listener, resize_listener
 from portcullis.supervisor.tickets import TicketRotation
 from portcullis.supervisor.workers import WorkerHandle
 from portcullis.tls.acme import AcmeManager
@@ -44,12 +45,13 @@ def _listener_keys(config: Config) -> dict[str, str]:
     }
 
 
-def _close_unused(sockets: dict[str, socket.socket], kept: dict[str, socket.socket]) -> None:
+def _close_unused(sockets: dict[str, list[socket.socket]], kept: dict[str, list[socket.socket]]) -> None:
     """Close the sockets of `sockets` that `kept` does not hold too."""
-    still = {id(sock) for sock in kept.values()}
-    for sock in sockets.values():
-        if id(sock) not in still:
-            sock.close()
+    still = {id(sock) for group in kept.values() for sock in group}
+    for group in sockets.values():
+        for sock in group:
+            if id(sock) not in still:
+                sock.close()
 
 
 def _worker_count(config: Config) -> int:
@@ -68,7 +70,7 @@ class Master:
         self.last_reload_error: str | None = None
         self.reloads = 0
         self.reload_failures = 0
-        self.sockets: dict[str, socket.socket] = {}
+        self.sockets: dict[str, list[socket.socket]] = {}
         self.workers: list[WorkerHandle] = []
         self.stopping = False
         self.ready = False
@@ -85,7 +87,7 @@ class Master:
 
     # ------------------------------------------------------------------ start and stop
     async def start(self) -> None:
-        self.sockets = {lst.name: bind_listener(lst.listen) for lst in self.config.listeners}
+        self.sockets = {lst.name: bind_listener(lst.listen, lst.shards) for lst in self.config.listeners}
         if self.config.demo:
             from portcullis.demo.upstream import start_demo_upstream
 
@@ -179,8 +181,9 @@ class Master:
             worker.send_signal(sig)
         # stop accepting now: while the master holds the sockets open the kernel still queues new
         # connections that no worker will serve (they would hang, then be reset)
-        for sock in self.sockets.values():
-            sock.close()
+        for group in self.sockets.values():
+            for sock in group:
+                sock.close()
         limit = self.config.server.timeouts.shutdown + 5.0
         await asyncio.gather(*(w.wait_exit(limit) for w in self.workers))
         self._stopped.set()
@@ -238,6 +241,7 @@ class Master:
         same_shape = old_keys == new_keys and _worker_count(config) == len(self.workers)
         previous = (self.config, self.text, self.generation)
         self.config, self.text, self.generation = config, text, self.generation + 1
+        sockets: dict[str, list[socket.socket]] = {}
         try:
             if same_shape:
                 message = self.config_message()
@@ -246,12 +250,15 @@ class Master:
             # listeners changed: bind what is new, start a new generation of workers, drain the old one
             # a socket is kept by its address, whatever its listener is called now
             bound = {lst.listen: self.sockets[lst.name] for lst in previous[0].listeners}
-            sockets = {}
             for lst in config.listeners:
                 keep = bound.get(lst.listen)
-                sockets[lst.name] = keep if keep is not None else bind_listener(lst.listen)
+                if keep is None:
+                    sockets[lst.name] = bind_listener(lst.listen, lst.shards)
+                else:
+                    sockets[lst.name] = resize_listener(keep, lst.listen, lst.shards)
         except BaseException:
             self.config, self.text, self.generation = previous
+            _close_unused(sockets, self.sockets)  # what this reload bound before it failed
             raise
         old_workers, old_sockets = self.workers, self.sockets
         self.sockets = sockets

@@ -38,15 +38,15 @@ class WorkerHandle:
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
 
-    async def spawn(self, sockets: dict[str, socket.socket], config_message: dict[str, Any]) -> None:
+    async def spawn(self, sockets: dict[str, list[socket.socket]], config_message: dict[str, Any]) -> None:
         parent, child = socket.socketpair()
         args = [sys.executable, "-m", "portcullis.worker.process", "--control", str(child.fileno())]
         args += ["--index", str(self.index)]
-        for name, sock in sockets.items():
-            args += ["--listener", f"{name}={sock.fileno()}"]
+        for name, group in sockets.items():
+            args += ["--listener", f"{name}={','.join(str(sock.fileno()) for sock in group)}"]
         self.process = await asyncio.create_subprocess_exec(
             *args,
-            pass_fds=[child.fileno(), *(s.fileno() for s in sockets.values())],
+            pass_fds=[child.fileno(), *(sock.fileno() for group in sockets.values() for sock in group)],
             stdin=subprocess.DEVNULL,
             env=_worker_environment(),
         )

@@ -29,7 +29,7 @@ def _load(message: dict[str, Any]) -> Any:
     return load_config_text(message["text"], message["filename"], message["base_dir"])
 
 
-async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
+async def _serve(control_fd: int, listeners: dict[str, list[int]]) -> int:
     control = socket.socket(fileno=control_fd)
     channel = await Channel.open(control)
     first = await channel.receive()
@@ -38,7 +38,7 @@ async def _serve(control_fd: int, listeners: dict[str, int]) -> int:
     # relative paths in the config (certificates, peer files ...) are relative to the config file
     os.chdir(first["base_dir"])
     config = _load(first)
-    sockets = {name: socket.socket(fileno=fd) for name, fd in listeners.items()}
+    sockets = {name: [socket.socket(fileno=fd) for fd in fds] for name, fds in listeners.items()}
     worker = Worker(config, sockets, decode_secrets(first.get("tickets")))
     await worker.start(first["generation"])
     # the config's objects live as long as the worker: keep them out of the collector's scans
@@ -97,13 +97,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="portcullis-worker")
     parser.add_argument("--control", type=int, required=True)
     parser.add_argument("--index", type=int, default=0)
-    parser.add_argument("--listener", action="append", default=[], help="NAME=FD")
+    parser.add_argument("--listener", action="append", default=[], help="NAME=FD[,FD...]")
     args = parser.parse_args(argv)
     setup_logging(f"worker-{args.index}")
     listeners = {}
     for item in args.listener:
-        name, _, fd = item.rpartition("=")
-        listeners[name] = int(fd)
+        name, _, fds = item.rpartition("=")
+        listeners[name] = [int(fd) for fd in fds.split(",")]
     return uvloop.run(_serve(args.control, listeners))
 
 

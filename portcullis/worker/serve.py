@@ -34,7 +34,10 @@ class Worker:
     """Serves the listeners on pre-bound sockets with the current runtime."""
 
     def __init__(
-        self, config: Config, sockets: dict[str, socket.socket], tickets: dict[str, list[bytes]] | None = None
+        self,
+        config: Config,
+        sockets: dict[str, list[socket.socket]],
+        tickets: dict[str, list[bytes]] | None = None,
     ) -> None:
         self.config = config
         self.sockets = sockets
@@ -66,13 +69,12 @@ class Worker:
                 self.stores[listener.name] = store
                 self._share_tickets(listener, store)
             edge = build_edge(listener, self.config.server, store, challenge_dirs(self.config))
-            server = await loop.create_server(
-                self._factory(listener.name, edge),
-                sock=self.sockets[listener.name],
-                ssl=store.context if store is not None else None,
-                backlog=1024,
-            )
-            self.servers.append(server)
+            factory = self._factory(listener.name, edge)
+            for sock in self.sockets[listener.name]:  # the listener's shards (portcullis.supervisor.sockets)
+                server = await loop.create_server(
+                    factory, sock=sock, ssl=store.context if store is not None else None, backlog=1024
+                )
+                self.servers.append(server)
         self._schedule_flush()
         self._schedule_cert_watch()
 

@@ -229,7 +229,9 @@ class Proxy:
         for _attempt in range(3):  # a free port can be taken between the probe and the bind
             self.port = free_port()
             cfg = dict(config)
-            cfg["listeners"] = [{"name": "web", "listen": f"127.0.0.1:{self.port}"}]
+            # the one listener, on the free port; a config may give its other keys
+            given = (config.get("listeners") or [{}])[0]
+            cfg["listeners"] = [{**given, "name": "web", "listen": f"127.0.0.1:{self.port}"}]
             self.config_path = workdir / f"{name}.yaml"
             # JSON is YAML: the config file is the dict, dumped
             self.config_path.write_text(json.dumps(cfg, indent=2))

@@ -26,6 +26,8 @@ from ops_helpers import (
     respond_route,
 )
 
+from portcullis.supervisor.sockets import SHARDING
+
 pytestmark = pytest.mark.integration
 
 
@@ -183,6 +185,32 @@ def test_reload_that_moves_the_listener_starts_a_new_generation(factory: OpsProx
     assert wait_until(lambda: _refused(old_port), 5), f"port {old_port} still accepts connections"
     listeners = proxy.admin("GET", "/api/listeners").json()
     assert [lst["listen"] for lst in listeners] == [f"127.0.0.1:{new_port}"]
+    assert proxy.alive()
+
+
+def _listening_on(port: int) -> int:
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return sum(1 for row in table if row.split()[1:2] == [local] and row.split()[3] == "0A")
+
+
+@pytest.mark.skipif(not SHARDING, reason="listener shards need Linux's SO_REUSEPORT")
+def test_reload_that_changes_the_shards_keeps_the_address(factory: OpsProxyFactory, r_upstream: Upstream) -> None:
+    proxy = factory(ops_config(r_upstream, workers=1))
+    assert _listening_on(proxy.port) == 8
+    for generation, shards in ((2, 12), (3, 3)):
+
+        def resize(cfg: dict[str, Any], shards: int = shards) -> None:
+            cfg["listeners"] = [{"name": "web", "listen": f"127.0.0.1:{proxy.port}", "shards": shards}]
+
+        proxy.rewrite(resize)
+        status = proxy.reload_signal(generation)
+        assert status["last_reload_error"] is None, status
+        # the sockets a smaller group leaves out are closed once the new workers serve
+        assert wait_until(lambda shards=shards: _listening_on(proxy.port) == shards, 10), _listening_on(proxy.port)
+        for i in range(30):
+            r = new_connection_get(f"{proxy.url}/echo/shards/{generation}/{i}")
+            assert r.status_code == 200, r.text
     assert proxy.alive()
 
 

@@ -39,7 +39,7 @@ def test_filters_start_before_serving_and_close_after(monkeypatch: pytest.Monkey
         sock.listen()
         sock.setblocking(False)
         first = load_config_text(CONFIG % "one", "a.yaml", ".")
-        worker = Worker(first, {"web": sock})
+        worker = Worker(first, {"web": [sock]})
         await worker.start()
         assert events == [("start", b"one")]
         second: Any = load_config_text(CONFIG % "two", "b.yaml", ".").model_copy(
