@@ -238,6 +238,13 @@ def test_bad_port(tmp_path: Path) -> None:
     one_problem(tmp_path, text, "2: listeners[0].listen:", "out of range")
 
 
+def test_shards_out_of_range(tmp_path: Path) -> None:
+    text = "listeners:\n  - name: web\n    listen: 127.0.0.1:8080\n    shards: 0\n"
+    one_problem(tmp_path, text, "4: listeners[0].shards:", "at least 1")
+    text = text.replace("shards: 0", "shards: 65")
+    one_problem(tmp_path, text, "4: listeners[0].shards:", "at most 64")
+
+
 def test_bad_regex(tmp_path: Path) -> None:
     text = """\
     listeners: [{name: web, listen: 127.0.0.1:8080}]
