@@ -194,6 +194,30 @@ class WafFilter(Strict):
             raise ValueError(f"{value!r} is not a directory")
         return value
 
+    @model_validator(mode="after")
+    def _whole_rule_set(self) -> WafFilter:
+        """The CRS files, the settings and the user's rules compile together, as a worker will
+        compile them: a broken CRS file, or a user rule reusing a CRS id, is refused here with
+        its place rather than failing the workers."""
+        from portcullis.features.waf.factory import settings_of
+        from portcullis.features.waf.loader import load_sources
+        from portcullis.features.waf.ruleset import compile_ruleset
+        from portcullis.features.waf.seclang import SecLangError
+
+        try:
+            sources = load_sources(settings_of(self))
+            key = hash(tuple(sources))
+            if key not in _COMPILED:  # routes and reloads with the same rules are checked once
+                compile_ruleset(sources)
+                _COMPILED.add(key)
+        except (SecLangError, OSError) as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+
+_COMPILED: set[int] = set()
+"""Hashes of the rule sources that compiled (a few per config; 0.2 s each for the whole CRS)."""
+
 
 FilterConfig = Annotated[
     HeadersFilter | RewriteFilter | RedirectFilter | RespondFilter | WafFilter,

@@ -290,6 +290,10 @@ async def _main(config: Config, text: str, path: str | None, base_dir: str) -> i
         print("portcullis: workers did not become ready in time", file=sys.stderr)
         await master.stop(signal.SIGTERM)
         return 1
+    except RuntimeError as exc:  # a worker refused the configuration, or died starting
+        print(f"portcullis: {exc}", file=sys.stderr)
+        await master.stop(signal.SIGTERM)
+        return 1
     await master.wait_stopped()
     event(log, "stopped", "portcullis stopped")
     return 0

@@ -37,10 +37,15 @@ async def _serve(control_fd: int, listeners: dict[str, list[int]]) -> int:
         return 1
     # relative paths in the config (certificates, peer files ...) are relative to the config file
     os.chdir(first["base_dir"])
-    config = _load(first)
     sockets = {name: [socket.socket(fileno=fd) for fd in fds] for name, fds in listeners.items()}
-    worker = Worker(config, sockets, decode_secrets(first.get("tickets")))
-    await worker.start(first["generation"])
+    try:
+        config = _load(first)
+        worker = Worker(config, sockets, decode_secrets(first.get("tickets")))
+        await worker.start(first["generation"])
+    except (ConfigError, OSError, ValueError) as exc:
+        # what the master's own check could not see (a file changed since, a resource): it says why
+        await channel.send({"type": "error", "generation": first["generation"], "error": str(exc)})
+        return 1
     # the config's objects live as long as the worker: keep them out of the collector's scans
     gc.freeze()
     await channel.send({"type": "ready", "generation": first["generation"], "pid": os.getpid()})

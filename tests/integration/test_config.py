@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +121,29 @@ def test_check_reports_the_same_and_accepts_a_good_file(tmp_path: Path, held_por
     (tmp_path / "good.yaml").write_text(good)
     ok = _portcullis("check", "-c", "good.yaml", cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
+
+
+def test_a_worker_that_cannot_start_the_config_is_reported_without_a_traceback(tmp_path: Path) -> None:
+    """What only a worker finds (here: the WAF's audit log cannot be opened) stops `run` with
+    the reason on one line and exit 1, not a traceback, and no worker is left behind."""
+    port = free_port()
+    (tmp_path / "audit.yaml").write_text(textwrap.dedent(f"""\
+        listeners: [{{name: web, listen: '127.0.0.1:{port}'}}]
+        routes:
+          - name: r
+            match: {{path_prefix: /}}
+            filters:
+              - type: waf
+                rules: ['SecRule ARGS "@rx x" "id:1,phase:2,deny"']
+                audit_log: {tmp_path}/missing-dir/audit.log
+              - {{type: respond, status: 200}}
+        """))  # fmt: skip
+    result = _portcullis("run", "-c", "audit.yaml", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert (
+        f"portcullis: worker 0 refused the configuration: [Errno 2] No such file or directory: "
+        f"'{tmp_path}/missing-dir/audit.log'"
+    ) in result.stderr
+    with socket.socket() as s:  # the master let go of the address
+        s.bind(("127.0.0.1", port))

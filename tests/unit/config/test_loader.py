@@ -292,6 +292,46 @@ def test_bad_waf_rules(tmp_path: Path) -> None:
     assert issues == [f"{file}:13: routes[0].filters[0].rule_files[0]: {bad}:1: unknown operator @nosuchop"]
 
 
+CRS = "/usr/share/modsecurity-crs"
+_CRS_CONFIG = """\
+listeners: [{name: web, listen: 127.0.0.1:8080}]
+routes:
+  - name: r
+    match: {path_prefix: /}
+    filters:
+      - {type: waf, crs: %s, rules: [%s]}
+      - {type: respond, status: 200}
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir(CRS), reason="needs Debian's modsecurity-crs")
+def test_a_broken_crs_file_is_refused_at_its_place(tmp_path: Path) -> None:
+    """The CRS compiles with the config, as the workers will compile it: a file that does not is
+    refused by `check` (and `run`) with the CRS file's line, rather than failing the workers."""
+    import shutil
+
+    crs = tmp_path / "crs"
+    shutil.copytree(CRS, crs, ignore=shutil.ignore_patterns("util"))
+    xss = crs / "rules" / "REQUEST-941-APPLICATION-ATTACK-XSS.conf"
+    lines = xss.read_text().splitlines(keepends=True)
+    at = next(i for i, line in enumerate(lines) if '"id:941100,' in line)
+    lines[at] = lines[at].replace('"id:941100,', '"id:941100,dney,')
+    xss.write_text("".join(lines))
+    rule_starts = max(i for i in range(at) if lines[i].startswith("SecRule"))  # the place of a rule
+    one_problem(
+        tmp_path, _CRS_CONFIG % (crs, ""), "6: routes[0].filters[0]:",
+        f"{xss}:{rule_starts + 1}: unknown action 'dney' (did you mean 'deny'?)",
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(not os.path.isdir(CRS), reason="needs Debian's modsecurity-crs")
+def test_a_user_rule_may_not_reuse_a_crs_rule_id(tmp_path: Path) -> None:
+    rule = """'SecRule ARGS "@rx x" "id:942100,phase:2,deny"'"""
+    one_problem(tmp_path, _CRS_CONFIG % (CRS, rule), "6: routes[0].filters[0]:", "duplicate rule id 942100")
+    config = load_config(write(tmp_path, _CRS_CONFIG % (CRS, rule.replace("942100", "1942100"))))
+    assert config.routes[0].filters
+
+
 def test_missing_required_field(tmp_path: Path) -> None:
     text = """\
     listeners:
