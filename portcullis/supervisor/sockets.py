@@ -27,12 +27,13 @@ def bind_listener(address: str, shards: int = 1) -> list[socket.socket]:
     socket that would let the group share the address."""
     host, port = parse_address(address)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    share = SHARDING and shards > 1  # one socket is bound alone, as without shards
     try:
-        if SHARDING:
+        if share:
             # a group's sockets may share the address with any socket of the same user that asks
             # to: a plain bind first makes sure no such socket (a second proxy) is there already
             _bind(family, host, port, share=False).close()
-        return _bind_more([], family, host, port, shards if SHARDING else 1)
+        return _bind_more([], family, host, port, shards if share else 1, share)
     except OSError as exc:
         raise BindError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
@@ -44,18 +45,24 @@ def resize_listener(group: list[socket.socket], address: str, shards: int) -> li
         return group
     if shards <= len(group):
         return group[:shards]
+    if not group[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT):
+        raise BindError(
+            f"cannot listen on {address} with {shards} shards: it was bound with one, alone (restart to change it)"
+        )
     host, port = parse_address(address)
     try:
-        return _bind_more(list(group), group[0].family, host, port, shards)
+        return _bind_more(list(group), group[0].family, host, port, shards, True)
     except OSError as exc:
         raise BindError(f"cannot listen on {address}: {exc.strerror or exc}") from exc
 
 
-def _bind_more(group: list[socket.socket], family: int, host: str, port: int, size: int) -> list[socket.socket]:
+def _bind_more(
+    group: list[socket.socket], family: int, host: str, port: int, size: int, share: bool
+) -> list[socket.socket]:
     fresh: list[socket.socket] = []
     try:
         while len(group) + len(fresh) < size:
-            sock = _bind(family, host, port, share=SHARDING)
+            sock = _bind(family, host, port, share)
             fresh.append(sock)
             sock.listen(BACKLOG)
             sock.setblocking(False)

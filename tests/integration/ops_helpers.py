@@ -82,7 +82,10 @@ class OpsProxy:
     # ------------------------------------------------------------------ config file
     def _complete(self, config: dict[str, Any], port: int) -> dict[str, Any]:
         cfg = json.loads(json.dumps(config))
-        cfg.setdefault("listeners", [{"name": "web", "listen": f"127.0.0.1:{port}"}])
+        # the first listener gets the free port unless the config gave it an address
+        first = cfg.setdefault("listeners", [{}])[0]
+        first.setdefault("name", "web")
+        first.setdefault("listen", f"127.0.0.1:{port}")
         admin: dict[str, Any] = {"listen": f"127.0.0.1:{self.admin_port}"}
         if self.token is not None:
             admin["token"] = self.token

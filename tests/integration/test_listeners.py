@@ -3,6 +3,7 @@ an address something already listens on is refused."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable
@@ -49,6 +50,12 @@ def test_one_shard_is_one_socket(make_proxy: Callable[[dict[str, Any]], Proxy]) 
     proxy = make_proxy(_config(shards=1))
     assert listening_on(proxy.port) == 1
     assert new_connection_get(f"{proxy.url}/").status_code == 200
+    # bound alone: not even a socket that offers to share the address may join it
+    with socket.socket() as intruder:
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        intruder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        with pytest.raises(OSError, match="Address already in use"):
+            intruder.bind(("127.0.0.1", proxy.port))
 
 
 def test_a_second_proxy_on_the_same_address_is_refused(

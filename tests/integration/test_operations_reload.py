@@ -214,6 +214,26 @@ def test_reload_that_changes_the_shards_keeps_the_address(factory: OpsProxyFacto
     assert proxy.alive()
 
 
+@pytest.mark.skipif(not SHARDING, reason="listener shards need Linux's SO_REUSEPORT")
+def test_a_listener_bound_alone_is_not_grown_by_a_reload(factory: OpsProxyFactory, r_upstream: Upstream) -> None:
+    proxy = factory(ops_config(r_upstream, workers=1, listeners=[{"shards": 1}]))
+    assert _listening_on(proxy.port) == 1
+
+    def shards(n: int) -> Callable[[dict[str, Any]], None]:
+        def change(c: dict[str, Any]) -> None:
+            c["listeners"] = [{"name": "web", "listen": f"127.0.0.1:{proxy.port}", "shards": n}]
+
+        return change
+
+    proxy.rewrite(shards(4))
+    proxy.signal(signal.SIGHUP)
+    assert wait_until(lambda: proxy.status()["last_reload_error"] is not None, 10), proxy.status()
+    error = proxy.status()["last_reload_error"]
+    assert "bound with one, alone (restart to change it)" in error, error
+    assert proxy.status()["generation"] == 1 and _listening_on(proxy.port) == 1
+    assert new_connection_get(f"{proxy.url}/echo/still").status_code == 200
+
+
 def test_broken_file_is_refused_and_the_old_config_serves(shared: OpsProxy) -> None:
     proxy = shared
     before = proxy.status()

@@ -90,3 +90,15 @@ def test_a_reload_keeps_the_group_and_grows_or_shrinks_it(group: list[socket.soc
     finally:
         for sock in grown[4:]:
             sock.close()
+
+
+def test_one_shard_is_bound_alone_and_a_reload_cannot_grow_it() -> None:
+    (alone,) = bind_listener(_free_address(), 1)
+    try:
+        assert not alone.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT)
+        address = f"127.0.0.1:{alone.getsockname()[1]}"
+        with pytest.raises(BindError, match="bound with one, alone"):
+            resize_listener([alone], address, 4)
+        assert resize_listener([alone], address, 1) == [alone]
+    finally:
+        alone.close()
