@@ -37,7 +37,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from waf_bench import CRS, GET_PATH, form_body  # noqa: E402
+from waf_bench import CRS, GET_PATH, SITE, form_body  # noqa: E402
 
 from portcullis.config.schema import WafFilter  # noqa: E402
 from portcullis.engine.context import RequestContext  # noqa: E402
@@ -45,7 +45,7 @@ from portcullis.engine.services import Services  # noqa: E402
 from portcullis.features.registry import build_filter  # noqa: E402
 from portcullis.features.waf.filter import WafAction  # noqa: E402
 
-HEADERS = [(b"Host", b"127.0.0.1:8080"), (b"User-Agent", b"waf-bench"), (b"Accept", b"*/*")]
+HEADERS = [(b"Host", SITE.encode()), (b"User-Agent", b"waf-bench"), (b"Accept", b"*/*")]
 ATTACK = b"/?id=1%27%20OR%20%271%27%3D%271"
 
 
@@ -61,7 +61,7 @@ def context(method: str, target: bytes, body: bytes) -> RequestContext:
         target=target,
         headers=headers,
         version="1.1",
-        host="127.0.0.1",
+        host=SITE,
         client_ip="127.0.0.1",
         client_port=40000,
         scheme="http",
