@@ -1,5 +1,5 @@
 """The WAF's response inspection, audit log and metrics through a real `portcullis run` with the
-OWASP CRS, in front of a real upstream that leaks: SQL errors in a page (plain or gzipped) are answered 403, held
+OWASP CRS, in front of a real upstream that leaks: SQL errors in a page (plain, gzipped or in br) are answered 403, held
 bodies are still refused when the peer trickles them, stream mode cuts the connection instead,
 the audit log holds one masked JSON line per verdict (and follows SIGUSR1), and /metrics counts
 blocks and rules."""
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import brotli  # type: ignore[import-untyped]
 import pytest
 from harness import wait_until
 from ops_helpers import OpsProxy, Reply, new_connection_get, ops_proxies, wait_lines
@@ -42,7 +43,7 @@ USER_RULES = [
 
 class _Handler(BaseHTTPRequestHandler):
     """/…/page?kind=sql|clean|header, /…/trickle?kind=sql|clean (a pause between chunks),
-    /…/binary, /…/gzpage?kind=sql|clean (the page gzipped): the last path segment names the
+    /…/binary, /…/gzpage?kind=sql|clean (the page gzipped), /…/brpage (the page in br): the last path segment names the
     answer, whatever route forwarded it."""
 
     protocol_version = "HTTP/1.1"
@@ -69,6 +70,9 @@ class _Handler(BaseHTTPRequestHandler):
         if name == "gzpage":
             body = gzip.compress(body, mtime=0)
             extra.append(("Content-Encoding", "gzip"))
+        elif name == "brpage":
+            body = brotli.compress(body)
+            extra.append(("Content-Encoding", "br"))
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -161,14 +165,20 @@ def test_a_leaking_page_is_answered_403(proxy: OpsProxy) -> None:
     assert clean.headers["content-length"] == str(len(CLEAN))  # held whole, so it has a length
 
 
-def test_a_gzipped_leak_is_read_and_refused_and_a_clean_page_arrives_as_sent(proxy: OpsProxy) -> None:
-    r = _get(proxy, "/hold/gzpage?kind=sql", {"Accept-Encoding": "gzip"})
+@pytest.mark.parametrize(
+    ("page", "coding", "compress"),
+    [("gzpage", "gzip", lambda body: gzip.compress(body, mtime=0)), ("brpage", "br", brotli.compress)],
+)
+def test_a_compressed_leak_is_read_and_refused_and_a_clean_page_arrives_as_sent(
+    proxy: OpsProxy, page: str, coding: str, compress: Any
+) -> None:
+    r = _get(proxy, f"/hold/{page}?kind=sql", {"Accept-Encoding": coding})
     assert r.status_code == 403
     doc = _audit(proxy, r.headers["x-request-id"])
     assert doc["phase"] == 4 and 951230 in [rule["id"] for rule in doc["rules"]]
-    clean = _get(proxy, "/hold/gzpage?kind=clean", {"Accept-Encoding": "gzip"})
-    assert clean.status_code == 200 and clean.headers["content-encoding"] == "gzip"
-    assert clean.content == gzip.compress(CLEAN, mtime=0)  # the peer's bytes, not re-encoded
+    clean = _get(proxy, f"/hold/{page}?kind=clean", {"Accept-Encoding": coding})
+    assert clean.status_code == 200 and clean.headers["content-encoding"] == coding
+    assert clean.content == compress(CLEAN)  # the peer's bytes, not re-encoded
 
 
 def test_a_trickled_body_is_held_and_still_refused(proxy: OpsProxy) -> None:

@@ -1,5 +1,5 @@
 """Response inspection (phases 3 and 4) in the waf filter: the response variables, holding and
-streaming the inspected body, the body limit, which bodies are read (gzip and deflate ones
+streaming the inspected body, the body limit, which bodies are read (gzip, deflate and br ones
 inflated, never past the limit), the outbound threshold, detect mode, and that routes without
 the option get no response hooks at all."""
 
@@ -9,6 +9,7 @@ import gzip
 import zlib
 from typing import Any
 
+import brotli  # type: ignore[import-untyped]
 import pytest
 
 from portcullis.config.schema import WafFilter
@@ -19,6 +20,7 @@ from portcullis.engine.messages import ResponseHead
 from portcullis.engine.services import Services
 from portcullis.features.registry import build_filter
 from portcullis.features.waf.filter import WafAction
+from portcullis.features.waf.inflate import Inflater
 from portcullis.features.waf.loader import Waf
 from portcullis.features.waf.response import WafResponseAction
 from portcullis.features.waf.transaction import HttpRequest
@@ -141,7 +143,13 @@ def test_stream_mode_passes_bytes_and_flags_a_late_block() -> None:
 
 def test_only_listed_uncompressed_types_are_read() -> None:
     flt = waf()
-    for headers in ([(b"Content-Type", b"application/octet-stream")], [*HTML, (b"Content-Encoding", b"br")], []):
+    unread = (
+        [(b"Content-Type", b"application/octet-stream")],
+        [*HTML, (b"Content-Encoding", b"zstd")],  # a coding not read
+        [*HTML, (b"Content-Encoding", b"gzip, br")],  # nor several
+        [],
+    )
+    for headers in unread:
         c = started(flt)
         flt.on_upstream_response(c, ResponseHead(200, headers))
         assert flt.on_response_body(c, b"SQL syntax", False) == b"SQL syntax"
@@ -168,6 +176,7 @@ def through(flt: WafResponseAction, c: RequestContext, body: list[bytes]) -> byt
         ("gzip", gzip.compress),
         ("deflate", zlib.compress),
         ("deflate", lambda data: zlib.compress(data)[2:-4]),  # raw deflate, as some servers send it
+        ("br", brotli.compress),
     ],
 )
 def test_a_compressed_body_is_inflated_for_the_rules_and_forwarded_as_it_came(coding: str, compress: Any) -> None:
@@ -184,30 +193,46 @@ def test_a_compressed_body_is_inflated_for_the_rules_and_forwarded_as_it_came(co
     assert refusal.response.status == 403 and "400" in refusal.reason
 
 
-def test_inflating_stops_at_the_inspected_size() -> None:
+@pytest.mark.parametrize(("coding", "compress"), [("gzip", gzip.compress), ("br", brotli.compress)])
+def test_inflating_stops_at_the_inspected_size(coding: str, compress: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     """A small body that expands to megabytes (a decompression bomb) is read only as far as
     max_response_body: what lies past it is not inflated, nor seen."""
     flt = waf(max_response_body=4096)
-    bomb = gzip.compress(b"\0" * 20_000_000 + b"SQL syntax")
+    head = [*HTML, (b"Content-Encoding", coding.encode())]
+    bomb = compress(b"\0" * 20_000_000 + b"SQL syntax")
     assert len(bomb) < 50_000
+    made: list[int] = []  # the size of every piece of text the inflater made
+    original = Inflater.inflate
+
+    def counted(self: Inflater, piece: bytes, room: int) -> bytes:
+        out = original(self, piece, room)
+        made.append(len(out))
+        return out
+
+    monkeypatch.setattr(Inflater, "inflate", counted)
     c = started(flt)
-    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    flt.on_upstream_response(c, ResponseHead(200, list(head)))
     assert through(flt, c, pieces(bomb, 8192)) == bomb
     assert c.decision is None
-    early = gzip.compress(b"SQL syntax" + b"\0" * 20_000_000)
+    assert sum(made) == 4096  # 20 MB of text in there, 4 KiB of it made
+    early = compress(b"SQL syntax" + b"\0" * 20_000_000)
     c = started(flt)
-    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    flt.on_upstream_response(c, ResponseHead(200, list(head)))
     refused(through, flt, c, pieces(early, 8192))
 
 
-def test_a_body_that_does_not_inflate_passes_on_what_could_be_read() -> None:
+@pytest.mark.parametrize(("coding", "compress"), [("gzip", gzip.compress), ("br", brotli.compress)])
+def test_a_body_that_does_not_inflate_passes_on_what_could_be_read(coding: str, compress: Any) -> None:
     flt = waf()
+    head = [*HTML, (b"Content-Encoding", coding.encode())]
     c = started(flt)
-    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
-    assert through(flt, c, [b"not gzip at all, SQL syntax"]) == b"not gzip at all, SQL syntax"
-    broken = gzip.compress(b"<p>SQL syntax</p>")[:-12] + b"garbage!" * 3
+    flt.on_upstream_response(c, ResponseHead(200, list(head)))
+    assert through(flt, c, [b"not compressed at all, SQL syntax"]) == b"not compressed at all, SQL syntax"
+    text = b"<p>SQL syntax</p>" + bytes(range(256)) * 64  # (not all zeros: it must not shrink to nothing)
+    whole = compress(text)
+    broken = whole[: len(whole) // 2] + b"garbage!" * 3
     c = started(flt)
-    flt.on_upstream_response(c, ResponseHead(200, [*HTML, (b"Content-Encoding", b"gzip")]))
+    flt.on_upstream_response(c, ResponseHead(200, list(head)))
     refused(through, flt, c, pieces(broken, 8))  # the leak came (in an earlier piece) before the damage
 
 
