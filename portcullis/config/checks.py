@@ -1,8 +1,8 @@
 """Cross-reference checks, run on a config that already passed the schema.
 
 They find what one section cannot see alone: names that refer to nothing, duplicates, routes that
-cannot answer, TLS files that cannot be read. Each problem is a ConfigIssue with the line of the
-key it is about.
+cannot answer, TLS files that cannot be read, log files that cannot be written. Each problem is a
+ConfigIssue with the line of the key it is about.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import stat
 from collections.abc import Iterable
 
 from portcullis.config.errors import ConfigIssue, Locations, Path, did_you_mean
-from portcullis.config.schema import Config, RedirectFilter, RespondFilter, RewriteFilter
+from portcullis.config.schema import Config, RedirectFilter, RespondFilter, RewriteFilter, WafFilter
 from portcullis.config.units import parse_address
 
 __all__ = ["ANSWERING_FILTERS", "check_config"]
@@ -29,6 +29,7 @@ def check_config(config: Config, locations: Locations, base_dir: str) -> list[Co
         issues.append(locations.issue(("workers",), "must be at least 1 (or 'auto')"))
     issues += _listener_issues(config, locations)
     issues += _tls_file_issues(config, locations, base_dir)
+    issues += _log_file_issues(config, locations, base_dir)
     issues += _route_issues(config, locations)
     issues += _protocol_issues(config, locations)
     return issues
@@ -143,6 +144,42 @@ def _tls_file_issues(config: Config, locations: Locations, base_dir: str) -> lis
         if problem is not None:
             issues.append(locations.issue(path, problem))
     return issues
+
+
+def _log_file_issues(config: Config, locations: Locations, base_dir: str) -> list[ConfigIssue]:
+    """Log files the workers will open for appending: found now rather than when they start."""
+    files: list[tuple[Path, str]] = []
+    if config.access_log is not None:
+        files.append((("access_log", "path"), config.access_log.path))
+    for i, route in enumerate(config.routes):
+        for j, flt in enumerate(route.filters):
+            if isinstance(flt, WafFilter) and flt.audit_log is not None:
+                files.append((("routes", i, "filters", j, "audit_log"), flt.audit_log))
+    issues = []
+    for path, name in files:
+        if name in ("stdout", "stderr"):
+            continue
+        problem = _writable_problem(name, base_dir)
+        if problem is not None:
+            issues.append(locations.issue(path, problem))
+    return issues
+
+
+def _writable_problem(name: str, base_dir: str) -> str | None:
+    """Why the file ``name`` cannot be opened for appending, or None when it can."""
+    if not name.strip():
+        return "the file name is empty"
+    full = os.path.join(base_dir, name)
+    folder = os.path.dirname(full) or "."
+    if os.path.isdir(full):
+        return f"{full} is a directory"
+    if os.path.exists(full):
+        return None if os.access(full, os.W_OK) else f"cannot write {full}: permission denied"
+    if not os.path.isdir(folder):
+        return f"cannot create {full}: the directory {folder} does not exist"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"cannot create {full}: permission denied in {folder}"
+    return None
 
 
 # --------------------------------------------------------------------------- routes

@@ -124,26 +124,24 @@ def test_check_reports_the_same_and_accepts_a_good_file(tmp_path: Path, held_por
 
 
 def test_a_worker_that_cannot_start_the_config_is_reported_without_a_traceback(tmp_path: Path) -> None:
-    """What only a worker finds (here: the WAF's audit log cannot be opened) stops `run` with
-    the reason on one line and exit 1, not a traceback, and no worker is left behind."""
+    """What only a worker finds (here: a certificate file that is readable but is no certificate,
+    which `check` does not parse) stops `run` with the reason on one line and exit 1, not a
+    traceback, and no process is left holding the address."""
     port = free_port()
-    (tmp_path / "audit.yaml").write_text(textwrap.dedent(f"""\
-        listeners: [{{name: web, listen: '127.0.0.1:{port}'}}]
+    (tmp_path / "cert.pem").write_text("not a certificate\n")
+    (tmp_path / "key.pem").write_text("not a key\n")
+    (tmp_path / "tls.yaml").write_text(textwrap.dedent(f"""\
+        listeners:
+          - name: web
+            listen: '127.0.0.1:{port}'
+            tls: {{certificates: [{{cert: cert.pem, key: key.pem}}]}}
         routes:
-          - name: r
-            match: {{path_prefix: /}}
-            filters:
-              - type: waf
-                rules: ['SecRule ARGS "@rx x" "id:1,phase:2,deny"']
-                audit_log: {tmp_path}/missing-dir/audit.log
-              - {{type: respond, status: 200}}
+          - {{name: r, match: {{path_prefix: /}}, filters: [{{type: respond, status: 200}}]}}
         """))  # fmt: skip
-    result = _portcullis("run", "-c", "audit.yaml", cwd=tmp_path)
+    assert _portcullis("check", "-c", "tls.yaml", cwd=tmp_path).returncode == 0
+    result = _portcullis("run", "-c", "tls.yaml", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert (
-        f"portcullis: worker 0 refused the configuration: [Errno 2] No such file or directory: "
-        f"'{tmp_path}/missing-dir/audit.log'"
-    ) in result.stderr
+    assert "portcullis: worker 0 refused the configuration: Unable to load PEM file" in result.stderr
     with socket.socket() as s:  # the master let go of the address
         s.bind(("127.0.0.1", port))

@@ -473,6 +473,31 @@ def test_missing_certificate_file(tmp_path: Path) -> None:
     one_problem(tmp_path, text, "9: listeners[1].tls.certificates[0].key:", f"file not found: {missing}")
 
 
+_LOGS = """\
+access_log: {path: %s}
+listeners: [{name: web, listen: 127.0.0.1:8080}]
+routes:
+  - name: r
+    match: {path_prefix: /}
+    filters:
+      - {type: waf, rules: ['SecRule ARGS "@rx x" "id:1,phase:2,deny"'], audit_log: %s}
+      - {type: respond, status: 200}
+"""
+
+
+def test_log_files_that_cannot_be_written(tmp_path: Path) -> None:
+    """The access log and a WAF audit log are opened by the workers: a path they could not
+    open is refused with the file, not when they start."""
+    file, issues = problems(tmp_path, _LOGS % ("nowhere/access.log", tmp_path))
+    assert issues == [
+        f"{file}:1: access_log.path: cannot create {tmp_path / 'nowhere' / 'access.log'}: "
+        f"the directory {tmp_path / 'nowhere'} does not exist",
+        f"{file}:7: routes[0].filters[0].audit_log: {tmp_path} is a directory",
+    ]
+    config = load_config(write(tmp_path, _LOGS % ("access.log", "stderr")))
+    assert config.access_log is not None and config.access_log.path == "access.log"  # made when opened
+
+
 def test_certificate_path_that_is_a_directory(tmp_path: Path) -> None:
     write_certs(tmp_path)
     text = GOOD.replace("ca: certs/clients.pem", "ca: certs")
