@@ -55,10 +55,14 @@ class Inflater:
         assert dec is not None
         try:
             out: bytes = b""
-            if not dec.can_accept_more_data():
-                out = dec.process(b"", output_buffer_limit=room)
-                if len(out) >= room or not dec.can_accept_more_data():
-                    return out[:room]
+            while not dec.can_accept_more_data():
+                more = dec.process(b"", output_buffer_limit=room - len(out))
+                out += more
+                if len(out) >= room:
+                    return out[:room]  # the inspected part is full: the rest is not read
+                if not more:
+                    self.failed = True  # neither output nor room for input: nothing more to read
+                    return out
             out += dec.process(piece, output_buffer_limit=room - len(out))
         except brotli.error:
             self.failed = True
