@@ -25,6 +25,13 @@ log = logging.getLogger("portcullis")
 INTERRUPT_DRAIN = 2.0
 
 
+def _reason(exc: Exception) -> str:
+    """One line for the master: an SSLError made of one message reads as a tuple otherwise."""
+    if isinstance(exc, OSError) and exc.strerror is None and len(exc.args) == 1:
+        return str(exc.args[0])
+    return str(exc)
+
+
 def _load(message: dict[str, Any]) -> Any:
     return load_config_text(message["text"], message["filename"], message["base_dir"])
 
@@ -44,7 +51,7 @@ async def _serve(control_fd: int, listeners: dict[str, list[int]]) -> int:
         await worker.start(first["generation"])
     except (ConfigError, OSError, ValueError) as exc:
         # what the master's own check could not see (a file changed since, a resource): it says why
-        await channel.send({"type": "error", "generation": first["generation"], "error": str(exc)})
+        await channel.send({"type": "error", "generation": first["generation"], "error": _reason(exc)})
         return 1
     # the config's objects live as long as the worker: keep them out of the collector's scans
     gc.freeze()

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 from harness import free_port
 
 pytestmark = pytest.mark.integration
@@ -123,18 +124,33 @@ def test_check_reports_the_same_and_accepts_a_good_file(tmp_path: Path, held_por
     assert ok.returncode == 0, ok.stderr
 
 
-def test_a_worker_that_cannot_start_the_config_is_reported_without_a_traceback(tmp_path: Path) -> None:
-    """What only a worker finds (here: a certificate file that is readable but is no certificate,
-    which `check` does not parse) stops `run` with the reason on one line and exit 1, not a
-    traceback, and no process is left holding the address."""
+@pytest.mark.parametrize(
+    ("ciphers", "reason"),
+    [
+        (None, "Unable to load PEM file"),  # a certificate file that is readable but no certificate
+        ("NOT-A-CIPHER", "No cipher can be selected."),  # an OpenSSL cipher list that selects nothing
+    ],
+)
+def test_a_worker_that_cannot_start_the_config_is_reported_without_a_traceback(
+    tmp_path: Path, ciphers: str | None, reason: str
+) -> None:
+    """What only a worker finds (`check` does not load certificates into OpenSSL) stops `run`
+    with the reason on one line and exit 1, not a traceback, and nothing is left holding the
+    address."""
     port = free_port()
-    (tmp_path / "cert.pem").write_text("not a certificate\n")
-    (tmp_path / "key.pem").write_text("not a key\n")
+    if ciphers is None:
+        (tmp_path / "cert.pem").write_text("not a certificate\n")
+        (tmp_path / "key.pem").write_text("not a key\n")
+    else:
+        issued = trustme.CA().issue_cert("localhost")
+        issued.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
+        issued.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
+    tls = "{certificates: [{cert: cert.pem, key: key.pem}]" + (f", ciphers: {ciphers}}}" if ciphers else "}")
     (tmp_path / "tls.yaml").write_text(textwrap.dedent(f"""\
         listeners:
           - name: web
             listen: '127.0.0.1:{port}'
-            tls: {{certificates: [{{cert: cert.pem, key: key.pem}}]}}
+            tls: {tls}
         routes:
           - {{name: r, match: {{path_prefix: /}}, filters: [{{type: respond, status: 200}}]}}
         """))  # fmt: skip
@@ -142,6 +158,6 @@ def test_a_worker_that_cannot_start_the_config_is_reported_without_a_traceback(t
     result = _portcullis("run", "-c", "tls.yaml", cwd=tmp_path)
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
-    assert "portcullis: worker 0 refused the configuration: Unable to load PEM file" in result.stderr
+    assert f"portcullis: worker 0 refused the configuration: {reason}" in result.stderr
     with socket.socket() as s:  # the master let go of the address
         s.bind(("127.0.0.1", port))
