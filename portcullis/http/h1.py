@@ -116,7 +116,6 @@ class H1RequestReader:
         "_host_count",
         "_in_trailers",
         "_limits",
-        "_line_done",
         "_parser",
         "_request_id",
         "_rid_name",
@@ -134,7 +133,6 @@ class H1RequestReader:
         self._stopped = False
         self.in_head = False
         """A request head has begun and is not complete yet."""
-        self._line_done = False
         self._head_bytes = 0
         self._feed_body = False
         self._reset()
@@ -194,13 +192,11 @@ class H1RequestReader:
             raise ProxyError(ErrorKind.BAD_REQUEST, f"malformed request: {exc}") from None
         if counting and not self._feed_body and (self.in_head or self._in_trailers):
             self._head_bytes += len(data)
-            if not self._line_done and b"\n" in data:
-                self._line_done = True
             limits = self._limits
             if self._head_bytes > limits.max_header_bytes + limits.max_request_line:
+                # a request line this long would have been refused (414) by `on_url` already:
+                # llhttp hands over the part of the target it has at the end of every feed
                 self._stopped = True
-                if self.in_head and not self._line_done and not self._headers:
-                    raise ProxyError(ErrorKind.URI_TOO_LONG, "request line too long")
                 raise ProxyError(ErrorKind.HEADERS_TOO_LARGE, "request head too large")
 
     def stop_parsing(self) -> None:
@@ -231,7 +227,6 @@ class H1RequestReader:
         if self._stopped:
             raise _Stop()
         self.in_head = True
-        self._line_done = False
         self._reset()
 
     def on_url(self, url: bytes) -> None:

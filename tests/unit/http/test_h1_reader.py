@@ -640,12 +640,8 @@ def test_large_header_fed_slowly_without_crlf() -> None:
     assert reader.heads == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: when the first header line is the oversized one (no header completed yet), the slow-head "
-    "bound in feed() answers 414 'request line too long' instead of 431",
-)
 def test_large_first_header_fed_slowly_is_431() -> None:
+    """The request line came whole in the first feed; the header after it grows slowly."""
     reader = Collector(SMALL)
     reader.feed(b"GET / HTTP/1.1\r\nX-Big: ")
     with pytest.raises(ProxyError) as info:
