@@ -164,8 +164,11 @@ def _pm_words(arg: str) -> list[str]:
 
 
 def _read_lines(path: str) -> list[str]:
-    with open(path, encoding="latin-1") as f:
-        return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    try:
+        with open(path, encoding="latin-1") as f:
+            return [ln.strip() for ln in f if ln.strip() and not ln.lstrip().startswith("#")]
+    except OSError as exc:  # refused at the rule that names the file (ruleset.py adds its place)
+        raise OperatorError(f"cannot read {path}: {exc.strerror or exc}") from None
 
 
 class _Str(Operator):

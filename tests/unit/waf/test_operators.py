@@ -95,6 +95,19 @@ def test_pm_from_file(tmp_path: Path) -> None:
     assert run("pmfromfile", "words.data", "nope", str(tmp_path)) is None
 
 
+def test_a_data_file_that_cannot_be_read_is_refused_at_its_rule(tmp_path: Path) -> None:
+    from portcullis.features.waf.ruleset import compile_ruleset
+    from portcullis.features.waf.seclang import SecLangError
+
+    rules = tmp_path / "site.conf"
+    rules.write_text('SecRule ARGS "@pmFromFile missing.data" "id:5,phase:2,deny"\n')
+    with pytest.raises(SecLangError) as info:
+        compile_ruleset([(str(rules), rules.read_text())])
+    assert str(info.value) == (
+        f"{rules}:1: cannot read {tmp_path / 'missing.data'}: No such file or directory"
+    )
+
+
 def test_ip_match_from_file(tmp_path: Path) -> None:
     (tmp_path / "ips.txt").write_text("127.0.0.0/8\n")
     assert run("ipmatchfromfile", "ips.txt", "127.0.0.9", str(tmp_path)) is not None
