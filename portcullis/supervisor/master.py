@@ -29,6 +29,9 @@ from portcullis.tls.acme import AcmeManager
 log = logging.getLogger("portcullis")
 
 READY_TIMEOUT = 15.0
+RESPAWN_FIRST = 0.5
+"""Seconds before replacing a worker that exited before it was ready; doubled each time in a row."""
+RESPAWN_MAX = 30.0
 
 
 def _health_message(check: PeerCheck) -> dict[str, Any]:
@@ -81,6 +84,7 @@ class Master:
         self.health = HealthChecker(config, self._health_changed)
         self.acme = AcmeManager(config)  # ACME issuance and renewal happen once, here
         self._pending: set[asyncio.Task[None]] = set()
+        self._start_failures: dict[int, int] = {}  # worker index -> replacements in a row that never got ready
         self.tickets = TicketRotation()  # session-ticket secrets for all workers (portcullis.tls.tickets)
         self.tickets.ensure(config)
         self._ticket_task: asyncio.Task[None] | None = None
@@ -153,15 +157,32 @@ class Master:
                 await asyncio.gather(*(w.send(message) for w in self.workers))
 
     def worker_died(self, handle: WorkerHandle, returncode: int) -> None:
-        """Called when a worker process exits; a current worker that dies is replaced."""
+        """Called when a worker process exits; a current worker that dies is replaced. One that
+        exits before it was ever ready (it refused the configuration: a file changed since the
+        master read it) is replaced after a pause that doubles each time, up to RESPAWN_MAX."""
         if self.stopping or handle not in self.workers:
             return
         how = f"killed by signal {-returncode}" if returncode < 0 else f"exited with status {returncode}"
-        event(log, "worker_exit", f"worker {handle.index} (pid {handle.pid}) {how}; replacing it",
-              level=logging.WARNING, index=handle.index, worker_pid=handle.pid, returncode=returncode)  # fmt: skip
+        if handle.error is not None:
+            how += f" refusing the configuration: {handle.error}"
+        failures = 0 if handle.generation > 0 else self._start_failures.get(handle.index, 0) + 1
+        self._start_failures[handle.index] = failures
+        delay = min(RESPAWN_MAX, RESPAWN_FIRST * 2 ** (failures - 1)) if failures else 0.0
+        when = f" in {delay:g} s" if delay else ""
+        event(log, "worker_exit", f"worker {handle.index} (pid {handle.pid}) {how}; replacing it{when}",
+              level=logging.WARNING, index=handle.index, worker_pid=handle.pid, returncode=returncode,
+              error=handle.error, retry_in=delay)  # fmt: skip
         replacement = WorkerHandle(self, handle.index)
         self.workers[self.workers.index(handle)] = replacement
-        asyncio.get_running_loop().create_task(replacement.spawn(self.sockets, self.config_message()))
+        task = asyncio.get_running_loop().create_task(self._respawn(replacement, delay))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _respawn(self, replacement: WorkerHandle, delay: float) -> None:
+        await asyncio.sleep(delay)
+        if self.stopping or replacement not in self.workers:
+            return
+        await replacement.spawn(self.sockets, self.config_message())  # the config current now
 
     def _signal_workers(self, sig: signal.Signals) -> None:
         for worker in self.workers:

@@ -81,6 +81,8 @@ class WorkerHandle:
     async def _watch(self) -> None:
         assert self.process is not None
         code = await self.process.wait()
+        # its last messages (why it refused a configuration) are read before its exit is reported
+        await asyncio.wait(self._tasks[:1], timeout=1.0)
         async with self._changed:
             self._changed.notify_all()
         self.master.worker_died(self, code)
@@ -99,7 +101,8 @@ class WorkerHandle:
         return self.process is not None and self.process.returncode is not None
 
     async def apply(self, config_message: dict[str, Any]) -> None:
-        assert self.channel is not None
+        if self.channel is None:
+            return  # a replacement still waiting to start: it starts on the config current then
         self.error = None
         await self.channel.send(self._with_tickets(config_message))
         await asyncio.wait_for(self.wait_ready(int(config_message["generation"])), 15.0)

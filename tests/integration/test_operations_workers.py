@@ -104,3 +104,42 @@ def test_killed_worker_is_replaced_and_the_listener_keeps_serving(two_workers: O
     assert exit_event["process"] == "master" and exit_event["pid"] == two_workers.pid
     assert exit_event["level"] == "warning"
     print(f"replacement pid listed {took:.3f}s after SIGKILL")
+
+
+def test_a_replacement_that_refuses_the_config_is_retried_with_growing_pauses(
+    factory: OpsProxyFactory, w_upstream: Upstream, tmp_path: Path
+) -> None:
+    """A worker dies after a file of the config broke: its replacements refuse the config, the
+    master logs why and retries after 0.5, 1, 2 ... s (not in a tight loop), the other worker
+    serves all along, and once the file is mended the next retry serves again."""
+    rules = tmp_path / "site-rules.conf"
+    good = 'SecRule ARGS:probe "@streq attack" "id:7001,phase:2,deny"\n'
+    rules.write_text(good)
+    waf_route = {"name": "backend", "match": {"path_prefix": "/"}, "upstream": "main",
+                 "filters": [{"type": "waf", "rule_files": [str(rules)]}]}  # fmt: skip
+    proxy = factory(ops_config(w_upstream, workers=2, routes=[waf_route]))
+    victim, survivor = proxy.worker_pids()
+    rules.write_text(good.replace("deny", "dney"))  # the master's config now names a broken file
+    os.kill(victim, signal.SIGKILL)
+
+    def refusals() -> list[dict[str, object]]:
+        return [e for e in proxy.events() if e.get("event") == "worker_exit" and e.get("error")]
+
+    assert wait_until(lambda: len(refusals()) >= 2, 10), proxy.stderr()[-3000:]
+    first, second = refusals()[:2]
+    assert "unknown action 'dney'" in str(first["error"]) and str(rules) in str(first["error"])
+    assert "refusing the configuration" in str(first["message"])
+    assert (first["retry_in"], second["retry_in"]) == (0.5, 1.0)
+    for i in range(10):  # the survivor serves meanwhile, with the config it started with
+        assert new_connection_get(f"{proxy.url}/echo/meanwhile/{i}").status_code == 200
+    assert new_connection_get(f"{proxy.url}/echo/x?probe=attack").status_code == 403
+    assert survivor in proxy.worker_pids()
+
+    rules.write_text(good)
+    assert wait_until(lambda: all(isinstance(p, int) and pid_alive(p) for p in proxy.worker_pids())
+                      and proxy.status()["workers"][0]["generation"] == 1
+                      and all(w["generation"] == 1 for w in proxy.status()["workers"]), 10), proxy.status()
+    counts = _prefixes(proxy, 100)
+    assert len(counts) == 2, f"the mended replacement does not serve: {counts}"
+    retries = len(refusals())
+    assert retries <= 4, f"{retries} refused starts in about 4 s: not backing off"
