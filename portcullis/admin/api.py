@@ -123,7 +123,11 @@ class AdminAPI:
         out = []
         for lst in self.master.config.listeners:
             certs = describe_files(lst.tls, lst.name) if lst.tls else []  # names, expiry, as on disk now
-            doc = {"name": lst.name, "listen": lst.listen, "tls": lst.tls is not None, "certificates": certs}
+            doc = {
+                "name": lst.name, "listen": lst.listen, "tls": lst.tls is not None,
+                "sockets": len(self.master.sockets.get(lst.name, [])),  # the shards bound (1 off Linux)
+                "certificates": certs,
+            }  # fmt: skip
             tickets = self.master.tickets.describe(lst.name)  # rotations, never the keys
             if tickets is not None:
                 doc["session_tickets"] = tickets

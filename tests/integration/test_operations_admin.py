@@ -84,7 +84,9 @@ def test_health_ready_and_the_json_api(open_admin: OpsProxy, a_upstream: Upstrea
     upstreams = open_admin.admin("GET", "/api/upstreams").json()
     assert [p["url"] for p in upstreams["main"]["peers"]] == [a_upstream.url]
     listeners = open_admin.admin("GET", "/api/listeners").json()
-    assert listeners == [{"name": "web", "listen": f"127.0.0.1:{open_admin.port}", "tls": False, "certificates": []}]
+    assert listeners == [
+        {"name": "web", "listen": f"127.0.0.1:{open_admin.port}", "tls": False, "sockets": 8, "certificates": []}
+    ]
     config = open_admin.admin("GET", "/api/config").json()
     assert config["workers"] == 2 and config["routes"][0]["name"] == "backend"
     assert config["admin"]["token"] is None

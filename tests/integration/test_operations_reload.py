@@ -208,6 +208,7 @@ def test_reload_that_changes_the_shards_keeps_the_address(factory: OpsProxyFacto
         assert status["last_reload_error"] is None, status
         # the sockets a smaller group leaves out are closed once the new workers serve
         assert wait_until(lambda shards=shards: _listening_on(proxy.port) == shards, 10), _listening_on(proxy.port)
+        assert proxy.admin("GET", "/api/listeners").json()[0]["sockets"] == shards
         for i in range(30):
             r = new_connection_get(f"{proxy.url}/echo/shards/{generation}/{i}")
             assert r.status_code == 200, r.text
