@@ -76,7 +76,13 @@ def sort_issues(issues: list[ConfigIssue]) -> list[ConfigIssue]:
     return sorted(set(issues), key=lambda i: (i.file, i.line, i.key, i.reason))
 
 
+def closest(word: str, choices: Iterable[str]) -> str | None:
+    """The one of ``choices`` closest to ``word``, if any is close enough to be what was meant."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """"; did you mean 'x'?" for the closest of ``choices``, or ""."""
-    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
-    return f"; did you mean {close[0]!r}?" if close else ""
+    close = closest(word, choices)
+    return f"; did you mean {close!r}?" if close is not None else ""

@@ -60,7 +60,7 @@ class State:
         self.response_start = 0  # the first match of the response phases
         self.inspect = False  # the response body is read for phase 4
         self.held: list[bytes] = []  # response body bytes seen (held, in hold mode)
-        self.decoder: Inflater | None = None  # a gzip or deflate body: what inflates it for phase 4
+        self.decoder: Inflater | None = None  # a compressed body (inflate.py): what inflates it for phase 4
         self.plain: list[bytes] = []  # what it inflated to, held for phase 4 (hold mode)
         self.sent = False  # response body bytes were let through
         self.response_done = True  # phase 4 has run (or will not)

@@ -6,7 +6,7 @@ answer. Phase 4 runs once, when `max_response_body` bytes have been seen or the 
 in `hold` mode those bytes wait for it (the engine holds the head too, see
 `Filter.holds_response`), so a block is still a clean answer; in `stream` mode they flow on as
 they come, and a block after some were sent cuts the connection (the engine does that on
-`Refuse`). A gzip or deflate body is inflated for the rules (inflate.py) and forwarded as it
+`Refuse`). A gzip, deflate or br body is inflated for the rules (inflate.py) and forwarded as it
 came. A body that is not inspected (its type is not listed, another coding, or there is none)
 has phase 4 run at once, on the head alone.
 """

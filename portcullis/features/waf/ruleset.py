@@ -3,13 +3,13 @@ removals and target updates applied, operators and transformations compiled once
 
 from __future__ import annotations
 
-import difflib
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from portcullis.config.errors import closest
 from portcullis.features.waf import transforms as T
 from portcullis.features.waf.actions import Ctl, SetVar, Template, template
 from portcullis.features.waf.cache import Budget, Shared
@@ -110,6 +110,13 @@ _CASED = {
 }  # fmt: skip
 DIRECTIVES = frozenset(_CASED)
 _PHASES = {"request": 2, "response": 4, "logging": 5}
+
+
+def _hint(word: str, choices: Iterable[str], shown: Callable[[str], str] = repr) -> str:
+    """" (did you mean 'x'?)" for the closest of `choices`, or "": the ModSecurity-style errors
+    of a rule name what they refuse first, then the name that was probably meant."""
+    close = closest(word, choices)
+    return f" (did you mean {shown(close)}?)" if close is not None else ""
 
 
 @dataclass(slots=True, eq=False)
@@ -271,9 +278,7 @@ class _Builder:
                 single = names & {"msg", "logdata", "severity", "status", "phase"}
                 spec.actions = [(k, v) for k, v in spec.actions if k not in single] + actions
         elif name not in DIRECTIVES:
-            close = difflib.get_close_matches(name, DIRECTIVES, 1)
-            hint = f" (did you mean {_CASED[close[0]]}?)" if close else ""
-            raise ValueError(f"unknown directive {d.name}{hint}")
+            raise ValueError(f"unknown directive {d.name}{_hint(name, DIRECTIVES, _CASED.__getitem__)}")
         # SecRuleEngine, SecRequestBodyAccess, SecComponentSignature ... carry no rule semantics here
 
     def _select(self, how: str, selector: str) -> list[RuleSpec]:
@@ -338,9 +343,7 @@ class _Compiler:
             self.pipelines[key] = len(self.pipeline_funcs)
             for name in names:
                 if name.lower() not in T.TRANSFORMS:
-                    close = difflib.get_close_matches(name.lower(), T.TRANSFORMS, 1)
-                    hint = f" (did you mean {close[0]!r}?)" if close else ""
-                    raise ValueError(f"unknown transformation t:{name}{hint}")
+                    raise ValueError(f"unknown transformation t:{name}{_hint(name.lower(), T.TRANSFORMS)}")
             self.pipeline_funcs.append(tuple(T.lookup(n) for n in names))
             self.parents.append(parent)
         index = self.pipelines[key]
@@ -349,13 +352,10 @@ class _Compiler:
     def rule(self, spec: RuleSpec, head: Rule | None) -> Rule:
         for name, _ in spec.actions:
             if name not in ACTIONS:
-                close = difflib.get_close_matches(name, ACTIONS, 1)
-                raise ValueError(f"unknown action {name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+                raise ValueError(f"unknown action {name!r}{_hint(name, ACTIONS)}")
         for target in [*spec.targets, *spec.extra_exclusions]:
             if target.collection not in VARIABLES:
-                close = difflib.get_close_matches(target.collection, VARIABLES, 1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                raise ValueError(f"unknown variable {target.collection!r}{hint}")
+                raise ValueError(f"unknown variable {target.collection!r}{_hint(target.collection, VARIABLES)}")
         if head is None:
             written_id = spec.action("id")
             if written_id is None:
