@@ -44,6 +44,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def listening_on(port: int) -> int:
+    """How many sockets the kernel lists as listening on 127.0.0.1:`port` (a listener's shards)."""
+    local = f"0100007F:{port:04X}"
+    with open("/proc/net/tcp") as table:
+        return sum(1 for row in table if row.split()[1:2] == [local] and row.split()[3] == "0A")
+
+
 def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
     end = time.monotonic() + timeout
     while time.monotonic() < end:

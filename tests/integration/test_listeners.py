@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Proxy
+from harness import Proxy, listening_on
 from ops_helpers import new_connection_get
 
 from portcullis.supervisor.sockets import SHARDING
@@ -23,13 +23,6 @@ pytestmark = [
 ]
 
 OK_ROUTE = {"name": "ok", "match": {"path_prefix": "/"}, "filters": [{"type": "respond", "status": 200, "body": "ok"}]}
-
-
-def listening_on(port: int) -> int:
-    """How many sockets the kernel lists as listening on 127.0.0.1:`port`."""
-    local = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        return sum(1 for row in table if row.split()[1:2] == [local] and row.split()[3] == "0A")
 
 
 def _config(**listener: Any) -> dict[str, Any]:

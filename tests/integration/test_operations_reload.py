@@ -15,7 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
-from harness import RawConnection, Upstream, free_port, wait_until
+from harness import RawConnection, Upstream, free_port, listening_on, wait_until
 from ops_helpers import (
     OpsProxy,
     OpsProxyFactory,
@@ -188,16 +188,10 @@ def test_reload_that_moves_the_listener_starts_a_new_generation(factory: OpsProx
     assert proxy.alive()
 
 
-def _listening_on(port: int) -> int:
-    local = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        return sum(1 for row in table if row.split()[1:2] == [local] and row.split()[3] == "0A")
-
-
 @pytest.mark.skipif(not SHARDING, reason="listener shards need Linux's SO_REUSEPORT")
 def test_reload_that_changes_the_shards_keeps_the_address(factory: OpsProxyFactory, r_upstream: Upstream) -> None:
     proxy = factory(ops_config(r_upstream, workers=1))
-    assert _listening_on(proxy.port) == 8
+    assert listening_on(proxy.port) == 8
     for generation, shards in ((2, 12), (3, 3)):
 
         def resize(cfg: dict[str, Any], shards: int = shards) -> None:
@@ -207,7 +201,7 @@ def test_reload_that_changes_the_shards_keeps_the_address(factory: OpsProxyFacto
         status = proxy.reload_signal(generation)
         assert status["last_reload_error"] is None, status
         # the sockets a smaller group leaves out are closed once the new workers serve
-        assert wait_until(lambda shards=shards: _listening_on(proxy.port) == shards, 10), _listening_on(proxy.port)
+        assert wait_until(lambda shards=shards: listening_on(proxy.port) == shards, 10), listening_on(proxy.port)
         assert proxy.admin("GET", "/api/listeners").json()[0]["sockets"] == shards
         for i in range(30):
             r = new_connection_get(f"{proxy.url}/echo/shards/{generation}/{i}")
@@ -218,7 +212,7 @@ def test_reload_that_changes_the_shards_keeps_the_address(factory: OpsProxyFacto
 @pytest.mark.skipif(not SHARDING, reason="listener shards need Linux's SO_REUSEPORT")
 def test_a_listener_bound_alone_is_not_grown_by_a_reload(factory: OpsProxyFactory, r_upstream: Upstream) -> None:
     proxy = factory(ops_config(r_upstream, workers=1, listeners=[{"shards": 1}]))
-    assert _listening_on(proxy.port) == 1
+    assert listening_on(proxy.port) == 1
 
     def shards(n: int) -> Callable[[dict[str, Any]], None]:
         def change(c: dict[str, Any]) -> None:
@@ -231,7 +225,7 @@ def test_a_listener_bound_alone_is_not_grown_by_a_reload(factory: OpsProxyFactor
     assert wait_until(lambda: proxy.status()["last_reload_error"] is not None, 10), proxy.status()
     error = proxy.status()["last_reload_error"]
     assert "bound with one, alone (restart to change it)" in error, error
-    assert proxy.status()["generation"] == 1 and _listening_on(proxy.port) == 1
+    assert proxy.status()["generation"] == 1 and listening_on(proxy.port) == 1
     assert new_connection_get(f"{proxy.url}/echo/still").status_code == 200
 
 

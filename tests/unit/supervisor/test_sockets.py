@@ -9,21 +9,13 @@ from collections.abc import Iterator
 import pytest
 
 from portcullis.supervisor.sockets import SHARDING, BindError, bind_listener, resize_listener
+from tests.integration.harness import free_port, listening_on
 
 pytestmark = pytest.mark.skipif(not SHARDING, reason="listener shards need Linux's SO_REUSEPORT")
 
 
 def _free_address() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
-def listening_on(port: int) -> int:
-    """How many sockets the kernel lists as listening on 127.0.0.1:`port`."""
-    local = f"0100007F:{port:04X}"
-    with open("/proc/net/tcp") as table:
-        return sum(1 for row in table if row.split()[1:2] == [local] and row.split()[3] == "0A")
+    return f"127.0.0.1:{free_port()}"
 
 
 @pytest.fixture
