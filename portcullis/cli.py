@@ -33,7 +33,18 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_stale() -> None:
+    from portcullis.compiled import stale
+
+    old = stale()
+    if old:
+        names = ", ".join(old)
+        print(f"portcullis: warning: compiled modules older than their source run: {names}", file=sys.stderr)
+        print("portcullis: rebuild them with `pip install -e .` (or install with PORTCULLIS_PURE=1)", file=sys.stderr)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    _warn_stale()
     try:
         config = _load(args.config)
     except ConfigError as exc:
@@ -50,7 +61,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_version(args: argparse.Namespace) -> int:
-    print(f"portcullis {__version__}")
+    from portcullis.compiled import COMPILED, running_compiled
+
+    compiled = len(running_compiled())
+    how = f"{compiled} of {len(COMPILED)} hot-path modules compiled" if compiled else "pure Python"
+    print(f"portcullis {__version__} ({how})")
+    _warn_stale()
     return 0
 
 

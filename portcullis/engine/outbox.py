@@ -22,6 +22,8 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from mypy_extensions import trait
+
 log = logging.getLogger("portcullis")
 
 
@@ -77,6 +79,7 @@ HOLD_BELOW = 16 * 1024
 """Larger pieces are written at once (after what is held), not held and copied for the turn."""
 
 
+@trait  # a mixin: compiled classes have one base class and any number of traits
 class HeldWrites:
     """The writes of a connection whose small pieces an `Outbox` may hold until the end of the
     turn. The connection provides the `_held` and `_outbox` slots and its `transport` (the slots

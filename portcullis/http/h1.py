@@ -11,9 +11,10 @@ versions, and the size limits. Every refusal is a `ProxyError` with the right st
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from portcullis.engine.errors import ErrorKind, ProxyError
 from portcullis.engine.messages import Headers
@@ -100,6 +101,7 @@ class _Stop(Exception):
     """Raised by `stop_parsing` to abandon the rest of the bytes being fed."""
 
 
+@mypyc_attr(allow_interpreted_subclasses=True)  # a base to build on (compiled or not)
 class H1RequestReader:
     """Feed bytes with `feed`; override `request_head`, `request_body`, `request_end`."""
 
@@ -129,7 +131,7 @@ class H1RequestReader:
     def __init__(self, limits: H1Settings) -> None:
         self._limits = limits
         self._rid_name = limits.request_id_header
-        self._parser = httptools.HttpRequestParser(self)
+        self._parser: Any = httptools.HttpRequestParser(self)  # None once released
         self._stopped = False
         self.in_head = False
         """A request head has begun and is not complete yet."""
@@ -209,7 +211,7 @@ class H1RequestReader:
         The parser holds this object's callbacks and this object holds the parser: without this
         cycle broken, every closed connection would wait for the garbage collector to be freed."""
         self._stopped = True
-        del self._parser
+        self._parser = None
 
     @property
     def stopped(self) -> bool:

@@ -186,12 +186,13 @@ class _Dispatch(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._buf = b""
 
-    def _hand_over(self, inner: asyncio.Protocol) -> None:
+    def _hand_over(self, inner: asyncio.Protocol) -> asyncio.Protocol:
         transport = self._transport
         assert transport is not None
         self._inner = inner
         transport.set_protocol(inner)
         inner.connection_made(transport)
+        return inner
 
     def data_received(self, data: bytes) -> None:
         if self._inner is not None:
@@ -258,9 +259,8 @@ class PrefaceDispatch(_Dispatch):
             self._timer.cancel()
             self._timer = None
         self._buf = b""
-        self._hand_over(self._make_h2() if buf.startswith(H2_PREFACE) else self._make_h1())
-        assert self._inner is not None
-        self._inner.data_received(buf)
+        # (the one it handed over: `self._inner`, read here, would still be None to mypy)
+        self._hand_over(self._make_h2() if buf.startswith(H2_PREFACE) else self._make_h1()).data_received(buf)
 
     def eof_received(self) -> bool | None:
         if self._inner is None and self._transport is not None:

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import socket
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from portcullis.engine.context import RequestContext
 from portcullis.engine.errors import ErrorKind, ProxyError, reason_phrase, render_error
@@ -76,7 +76,7 @@ class H1Connection(H1RequestReader, HeldWrites, asyncio.Protocol):
         super().__init__(runtime.h1_settings)
         self._runtime = runtime
         self._listener = listener
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # an asyncio transport (uvloop's are not asyncio.Transport subclasses)
         self.deadline = 0.0
         self.trusted = False
         self.client_cert: ClientIdentity | None = None
@@ -100,8 +100,7 @@ class H1Connection(H1RequestReader, HeldWrites, asyncio.Protocol):
 
     # ================================================================== asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses (and typing.cast would be one more call)
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.client_ip, self.client_port = peer[0], peer[1]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httptools
 
@@ -48,7 +48,7 @@ class UpstreamConnection(HeldWrites, asyncio.Protocol):
     def __init__(self, pool: Pool, watchdog: Watchdog) -> None:
         self.pool = pool
         self.watchdog = watchdog
-        self.transport: asyncio.Transport | None = None
+        self.transport: Any = None  # an asyncio transport (uvloop's are not asyncio.Transport subclasses)
         self.exchange: Exchange | None = None
         self.deadline = 0.0
         self.closed = False
@@ -69,8 +69,7 @@ class UpstreamConnection(HeldWrites, asyncio.Protocol):
 
     # ------------------------------------------------------------------ asyncio callbacks
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses (and typing.cast would be one more call)
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = transport
         self.watchdog.watch(self)
 
     def data_received(self, data: bytes) -> None:

@@ -2,70 +2,85 @@
 
 from __future__ import annotations
 
-from typing import Any, cast
+import asyncio
+from collections.abc import Callable, Iterator
 
+import pytest
+
+from portcullis.engine.watchdog import Watchdog
 from portcullis.upstream.connection import UpstreamConnection
 from portcullis.upstream.pool import TRIM_INTERVAL, Pool
 
 
 class Transport:
+    """The part of a socket transport that an idle pooled connection uses."""
+
     def __init__(self) -> None:
         self.closing = False
 
     def is_closing(self) -> bool:
         return self.closing
 
-
-class Conn:
-    """The part of an UpstreamConnection that the pool uses."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-        self.transport: Transport | None = Transport()
-        self.closed = False
-        self.deadline = 0.0
-
-    def park(self, deadline: float) -> None:
-        self.deadline = deadline
-
     def close(self) -> None:
-        self.closed = True
-        if self.transport is not None:
-            self.transport.closing = True
+        self.closing = True
 
 
-def release(pool: Pool, conn: Conn, now: float) -> None:
-    pool.release(cast(UpstreamConnection, conn), now)
+Maker = Callable[[], UpstreamConnection]
 
 
-def acquire(pool: Pool) -> Any:
+@pytest.fixture
+def make() -> Iterator[Callable[[], UpstreamConnection]]:
+    """Connections as a pool gets them: made, with a transport, not yet parked."""
+    loop = asyncio.new_event_loop()
+    watchdog = Watchdog(loop)
+    pool = Pool()
+
+    def make_one() -> UpstreamConnection:
+        conn = UpstreamConnection(pool, watchdog)
+        conn.connection_made(Transport())  # type: ignore[arg-type]
+        return conn
+
+    yield make_one
+    loop.close()
+
+
+def release(pool: Pool, conn: UpstreamConnection, now: float) -> None:
+    pool.release(conn, now)
+
+
+def shut(conn: UpstreamConnection) -> bool:
+    """The pool closed it."""
+    return bool(conn.transport.is_closing())
+
+
+def acquire(pool: Pool) -> UpstreamConnection | None:
     return pool.acquire()
 
 
-def test_the_connection_that_rested_longest_is_reused_first() -> None:
+def test_the_connection_that_rested_longest_is_reused_first(make: Maker) -> None:
     pool = Pool(idle_timeout=60.0)
-    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    a, b, c = make(), make(), make()
     for conn in (a, b, c):
         release(pool, conn, 1.0)
     assert a.deadline == 61.0
     assert acquire(pool) is a
     release(pool, a, 1.1)
-    assert [acquire(pool).name for _ in range(3)] == ["b", "c", "a"]
+    assert [acquire(pool) for _ in range(3)] == [b, c, a]
     assert acquire(pool) is None
 
 
-def test_a_request_that_cannot_be_sent_again_gets_the_connection_used_last() -> None:
+def test_a_request_that_cannot_be_sent_again_gets_the_connection_used_last(make: Maker) -> None:
     pool = Pool()
-    a, b, c = Conn("a"), Conn("b"), Conn("c")
+    a, b, c = make(), make(), make()
     for conn in (a, b, c):
         release(pool, conn, 1.0)
     assert pool.acquire(recent=True) is c
     assert acquire(pool) is a
 
 
-def test_a_closed_idle_connection_is_skipped_and_dropped() -> None:
+def test_a_closed_idle_connection_is_skipped_and_dropped(make: Maker) -> None:
     pool = Pool()
-    a, b = Conn("a"), Conn("b")
+    a, b = make(), make()
     release(pool, a, 1.0)
     release(pool, b, 1.0)
     a.closed = True
@@ -73,17 +88,17 @@ def test_a_closed_idle_connection_is_skipped_and_dropped() -> None:
     assert pool.idle_count == 0
 
 
-def test_a_full_pool_closes_what_comes_back() -> None:
+def test_a_full_pool_closes_what_comes_back(make: Maker) -> None:
     pool = Pool(max_idle=1)
-    a, b = Conn("a"), Conn("b")
+    a, b = make(), make()
     release(pool, a, 1.0)
     release(pool, b, 1.0)
-    assert pool.idle_count == 1 and b.closed and not a.closed
+    assert pool.idle_count == 1 and shut(b) and not shut(a)
 
 
-def test_connections_a_burst_left_are_closed_when_the_load_no_longer_needs_them() -> None:
+def test_connections_a_burst_left_are_closed_when_the_load_no_longer_needs_them(make: Maker) -> None:
     pool = Pool()
-    conns = [Conn(str(i)) for i in range(8)]
+    conns = [make() for _ in range(8)]
     now = 100.0
     for conn in conns:  # a burst: eight at once
         release(pool, conn, now)
@@ -97,17 +112,17 @@ def test_connections_a_burst_left_are_closed_when_the_load_no_longer_needs_them(
         now += TRIM_INTERVAL / 2
         conn = acquire(pool)
         release(pool, conn, now)  # an interval has passed: the surplus is halved
-        open_ = sum(not c.closed for c in conns)
+        open_ = sum(not shut(c) for c in conns)
         assert pool.idle_count == open_
         if round_ == 1:
             assert open_ < 8
     assert pool.idle_count <= 3
-    assert all(c.closed for c in conns if c not in pool.idle)
+    assert all(shut(c) for c in conns if c not in pool.idle)
 
 
-def test_a_pool_that_the_load_uses_fully_keeps_its_connections() -> None:
+def test_a_pool_that_the_load_uses_fully_keeps_its_connections(make: Maker) -> None:
     pool = Pool()
-    conns = [Conn(str(i)) for i in range(4)]
+    conns = [make() for _ in range(4)]
     now = 100.0
     for conn in conns:
         release(pool, conn, now)
@@ -116,4 +131,4 @@ def test_a_pool_that_the_load_uses_fully_keeps_its_connections() -> None:
         taken = [acquire(pool) for _ in range(4)]  # all four busy at once each time
         for conn in taken:
             release(pool, conn, now)
-    assert pool.idle_count == 4 and not any(c.closed for c in conns)
+    assert pool.idle_count == 4 and not any(shut(c) for c in conns)
