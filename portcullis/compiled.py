@@ -1,9 +1,9 @@
 """Which modules the build compiles with mypyc (setup.py), and which of them run compiled here.
 
-The modules every proxied HTTP/1.1 request runs through. A module compiled is a C extension
-built from the same source; when it is missing (a pure install, `PORTCULLIS_PURE=1`), the
-source runs as it is. This file imports nothing but the standard library: setup.py reads it
-before the package's dependencies are installed.
+The modules every proxied HTTP/1.1 request runs through, and the WAF's evaluation of a request.
+A module compiled is a C extension built from the same source; when it is missing (a pure
+install, `PORTCULLIS_PURE=1`), the source runs as it is. This file imports nothing but the
+standard library: setup.py reads it before the package's dependencies are installed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,22 @@ COMPILED = (
     "portcullis.engine.forwarding",
     "portcullis.engine.outbox",
     "portcullis.engine.upstream_side",
+    "portcullis.features.waf.actions",
+    "portcullis.features.waf.bodies",
+    "portcullis.features.waf.cache",
+    "portcullis.features.waf.engine",
+    "portcullis.features.waf.filter",
+    "portcullis.features.waf.gate",
+    "portcullis.features.waf.loader",
+    "portcullis.features.waf.operators",
+    "portcullis.features.waf.persist",
+    "portcullis.features.waf.replay",
+    "portcullis.features.waf.request",
+    "portcullis.features.waf.response",
+    "portcullis.features.waf.screens",
+    "portcullis.features.waf.transaction",
+    "portcullis.features.waf.transforms",
+    "portcullis.features.waf.variables",
     "portcullis.http.h1",
     "portcullis.observability.stats",
     "portcullis.routing.router",

@@ -141,9 +141,7 @@ class H2Connection(asyncio.Protocol):
             self._close()
             return
         for ev in events:
-            if self._closing:
-                break
-            self._event(ev)
+            self._event(ev)  # (ignored once an event closed the connection)
         self.write_out()
 
     def eof_received(self) -> bool:
@@ -192,6 +190,8 @@ class H2Connection(asyncio.Protocol):
 
     # ================================================================== events
     def _event(self, ev: h2.events.Event) -> None:
+        if self._closing:
+            return
         if isinstance(ev, h2.events.RequestReceived):
             self._request(ev)
         elif isinstance(ev, h2.events.DataReceived):

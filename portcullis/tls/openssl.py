@@ -67,7 +67,7 @@ class LibSsl:
     offset: int
     """Where a PySSLContext holds its `SSL_CTX *`."""
 
-    def context_pointer(self, ctx: ssl.SSLContext) -> int | None:
+    def context_pointer(self, ctx: object) -> int | None:
         """The `SSL_CTX *` of `ctx`, or None when it does not read back as that context."""
         if not isinstance(ctx, ssl.SSLContext):
             return None

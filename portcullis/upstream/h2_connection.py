@@ -134,9 +134,7 @@ class H2UpstreamConnection(asyncio.Protocol):
             self._broken(f"HTTP/2 protocol error from the peer: {exc}")
             return
         for ev in events:
-            if self.closed:
-                break
-            self._event(ev)
+            self._event(ev)  # (ignored once an event closed the connection)
         touched = self._touched
         if touched:
             # like the HTTP/1.1 connection after each read: nothing waits in the client codecs
@@ -176,6 +174,8 @@ class H2UpstreamConnection(asyncio.Protocol):
 
     # ================================================================== events
     def _event(self, ev: h2.events.Event) -> None:
+        if self.closed:
+            return
         if isinstance(ev, h2.events.DataReceived):
             stream = self.streams.get(ev.stream_id)
             if stream is not None:

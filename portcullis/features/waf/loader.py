@@ -151,10 +151,13 @@ class Waf:
     def begin(self, request: HttpRequest) -> Transaction:
         return Transaction(request, shared=self.ruleset.shared)
 
-    def phase(self, txn: Transaction, phase: int) -> None:
+    def phase(self, txn: Transaction, phase: int) -> bool:
+        """Run a phase; whether the transaction is now disrupted (a deny or drop). Read it here
+        rather than from `txn` after the call: a type checker keeps what it knew before."""
         self.evaluator.run_phase(txn, phase)
         if txn.loaded:
             txn.shared.stored.save(txn)  # what the rules wrote to IP, GLOBAL ... (persist.py)
+        return txn.disruptive is not None
 
     def evaluate(self, request: HttpRequest) -> Transaction:
         """Phases 1 and 2 over a complete request (the body included)."""

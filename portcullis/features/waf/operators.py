@@ -264,7 +264,8 @@ def _to_int(text: str) -> int:
 
 
 class _Num(_Str):
-    test: Callable[[int, int], bool] = staticmethod(lambda a, b: False)
+    def test(self, value: int, number: int) -> bool:
+        raise NotImplementedError
 
     def __init__(self, arg: str) -> None:
         super().__init__(arg)
@@ -272,32 +273,42 @@ class _Num(_Str):
 
     def __call__(self, value: str, expand: Expander) -> Captures:
         number = self.number if self.number is not None else _to_int(self.param(expand))
-        return [value] if type(self).test(_to_int(value), number) else None
+        return [value] if self.test(_to_int(value), number) else None
 
 
 class Eq(_Num):
     name = "eq"
-    test = staticmethod(lambda a, b: a == b)
+
+    def test(self, value: int, number: int) -> bool:
+        return value == number
 
 
 class Ge(_Num):
     name = "ge"
-    test = staticmethod(lambda a, b: a >= b)
+
+    def test(self, value: int, number: int) -> bool:
+        return value >= number
 
 
 class Gt(_Num):
     name = "gt"
-    test = staticmethod(lambda a, b: a > b)
+
+    def test(self, value: int, number: int) -> bool:
+        return value > number
 
 
 class Le(_Num):
     name = "le"
-    test = staticmethod(lambda a, b: a <= b)
+
+    def test(self, value: int, number: int) -> bool:
+        return value <= number
 
 
 class Lt(_Num):
     name = "lt"
-    test = staticmethod(lambda a, b: a < b)
+
+    def test(self, value: int, number: int) -> bool:
+        return value < number
 
 
 class IpMatch(Operator):

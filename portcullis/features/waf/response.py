@@ -55,11 +55,9 @@ class WafResponseAction(WafAction):
             return  # a detected request: evaluation stopped where a block would have
         headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in head.headers]
         txn.load_response_head(head.status, PROTOCOL, headers)
-        if self.phase3:
-            self.waf.phase(txn, 3)
-            if txn.disruptive is not None:
-                self._verdict_response(ctx, state)
-                return
+        if self.phase3 and self.waf.phase(txn, 3):
+            self._verdict_response(ctx, state)
+            return
         no_body = ctx.method == "HEAD" or head.status in (204, 304)
         coding = body_coding(head.get(b"content-encoding"))  # None: a coding we do not read
         if self.phase4 and not no_body and coding is not None and self._inspectable(head):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from itertools import islice
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from portcullis.features.waf.request import source
 from portcullis.features.waf.seclang import TargetSpec
@@ -51,7 +51,7 @@ class Selector:
         "added_seen", "collection", "count", "exclusions", "key", "key_re", "key_seen", "seeded", "shared", "slot",
         "source", "spec", "tx_name", "uid",
     )  # fmt: skip
-    made = 0
+    made: ClassVar[int] = 0
 
     def __init__(self, spec: TargetSpec, exclusions: list[TargetSpec], slot: int) -> None:
         self.spec = spec

@@ -7,10 +7,11 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from portcullis.features.waf.engine import Evaluator
 from portcullis.features.waf.loader import Waf
 from portcullis.features.waf.ruleset import Rule
 from portcullis.features.waf.transaction import HttpRequest, Transaction
+
+from .counting import counting
 
 RULES = (
     # 920170 as the CRS writes it
@@ -71,34 +72,19 @@ def test_a_chain_memo_gives_what_the_long_way_gives(
             assert _outcome(fast.evaluate(request)) == _outcome(slow.evaluate(request))
 
 
-def _runs(waf: Waf, rule_id: int) -> list[int]:
-    """Counts the runs of a rule's first link (the evaluator's `_link`, wrapped)."""
-    count = [0]
-    evaluator: Evaluator = waf.evaluator
-    link = evaluator._link
-
-    def counting(txn: Transaction, one: Rule, head: Rule) -> bool:
-        if one is head and head.id == rule_id:
-            count[0] += 1
-        return link(txn, one, head)
-
-    evaluator._link = counting  # type: ignore[method-assign]
-    return count
-
-
 def test_a_quiet_chain_that_failed_on_the_same_headers_is_not_run() -> None:
     waf = Waf.from_text(RULES)
+    evaluator = counting(waf)
     head = next(rule for rule in _rules(waf) if rule.id == 10)
     assert head.quiet and len(head.memo_chain) == 1
-    runs = _runs(waf, 10)
     headers = [("Content-Length", "0")]
     assert _outcome(waf.evaluate(_request("GET", "a=1", headers)))[0] == []
-    assert runs == [1]
+    assert evaluator.heads_run.count(10) == 1
     for n in range(2, 5):  # new argument values, the same headers: the chain fails as before
         assert _outcome(waf.evaluate(_request("GET", f"a={n}", headers)))[0] == []
-    assert runs == [1]
+    assert evaluator.heads_run.count(10) == 1
     assert [m.rule_id for m in waf.evaluate(_request("GET", "a=5", [("Content-Length", "12")])).matches] == [10]
-    assert runs == [2]
+    assert evaluator.heads_run.count(10) == 2
 
 
 def test_a_head_that_acts_runs_every_time() -> None:

@@ -12,10 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from portcullis.features.waf import transforms as T
-from portcullis.features.waf.engine import Evaluator
 from portcullis.features.waf.gate import CollectionGate
 from portcullis.features.waf.loader import Waf
-from portcullis.features.waf.transaction import HttpRequest, Transaction
+from portcullis.features.waf.transaction import HttpRequest
+
+from .counting import counting
 
 # characters the transformations and their tests treat apart, and a few plain ones
 TRICKY = " \t\n\r\f\v\xa0\x00,;/(\\\"'^%+&#-*.0xAaZz=é\u0100"
@@ -104,39 +105,28 @@ def req(uri: str) -> HttpRequest:
     return HttpRequest("GET", uri, headers=[("Host", "x")])
 
 
-def test_a_gate_meets_known_content_without_collecting_it_again(monkeypatch: object) -> None:
+def test_a_gate_meets_known_content_without_collecting_it_again() -> None:
     waf = Waf.from_text('SecRule ARGS "@rx evil" "id:1,phase:2,pass,t:lowercase,msg:m"')
-    calls: list[str] = []
-    collect = CollectionGate.collect
-
-    def counting(self: CollectionGate, txn: Transaction, ruleset: object) -> int:
-        calls.append(self.collection)
-        return collect(self, txn, ruleset)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(CollectionGate, "collect", counting)  # type: ignore[attr-defined]
+    (gate,) = waf.ruleset.gates[2]
+    assert gate.collection == "ARGS" and not gate.memo
+    # what a gate collects, it keeps by the collection's number (`collect`): a collection met
+    # before is not walked again
     assert [m.rule_id for m in waf.evaluate(req("/?a=EVIL")).matches] == [1]
-    assert calls == ["ARGS"]
+    assert len(gate.memo) == 1 and len(gate.cache) == 1
     assert [m.rule_id for m in waf.evaluate(req("/?a=EVIL")).matches] == [1]  # the gate's memo
-    assert calls == ["ARGS"]
+    assert len(gate.memo) == 1 and len(gate.cache) == 1
     assert [m.rule_id for m in waf.evaluate(req("/?a=fine")).matches] == []
-    assert calls == ["ARGS", "ARGS"]
+    assert len(gate.memo) == 2 and len(gate.cache) == 2
 
 
-def test_a_one_target_rule_that_found_nothing_is_not_run_on_the_same_values(monkeypatch: object) -> None:
+def test_a_one_target_rule_that_found_nothing_is_not_run_on_the_same_values() -> None:
     waf = Waf.from_text(
         'SecRule REQUEST_HEADERS:X-A "!@rx ^fine$" "id:1,phase:1,pass,msg:a"\n'  # no prefilter: run'
         'SecRule ARGS|REQUEST_HEADERS:X-A "@rx evil" "id:2,phase:2,pass,msg:b"'
     )
     one, two = waf.ruleset.rules_by_id[1], waf.ruleset.rules_by_id[2]
     assert one.memo_source == "headers" and two.memo_source is None  # several targets: none
-    stepped: list[int] = []
-    step = Evaluator.step
-
-    def counting(self: Evaluator, txn: Transaction, entry: object) -> bool:
-        stepped.append(entry.id)  # type: ignore[attr-defined]
-        return step(self, txn, entry)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(Evaluator, "step", counting)  # type: ignore[attr-defined]
+    stepped = counting(waf).stepped
     fine = HttpRequest("GET", "/?a=1", headers=[("Host", "x"), ("X-A", "fine")])
     evil = HttpRequest("GET", "/?a=2", headers=[("Host", "x"), ("X-A", "evil")])
     waf.evaluate(fine)
