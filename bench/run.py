@@ -321,7 +321,17 @@ class Bench:
             "python": platform.python_version(), "kernel": platform.release(),
             "cpus": os.cpu_count(),
             "cpu_model": _cpu_model(),
+            "portcullis_build": "" if args.proxy_cmd or args.self_test else _portcullis_build(),
         }
+
+
+def _portcullis_build() -> str:
+    """What `portcullis version` says of the checkout measured: compiled or pure Python."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    done = subprocess.run([sys.executable, "-m", "portcullis", "version"], capture_output=True, text=True,
+                          timeout=30, check=False, cwd=REPO_ROOT, env=env)
+    return done.stdout.strip()
 
 
 def _cpu_model() -> str:
@@ -390,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log(f"{results.settings['nginx']} vs {args.label}: {args.rounds} round(s) x {args.duration}s, "
                 f"wrk -t{args.threads} -c{args.connections}, proxy on CPU {bench.proxy_cpu}, "
                 f"backend and wrk on CPU {bench.load_cpu}")
+            if results.settings["portcullis_build"]:
+                log(results.settings["portcullis_build"])
             bench.measure(targets, results)
         except StartError as exc:
             log(f"error: {exc}")

@@ -491,8 +491,8 @@ def compile_ruleset(sources: list[tuple[str, str]], guard: Guard | None = None) 
             continue
         try:
             rule = compiler.rule(spec, None)
-        except (OperatorError, KeyError, ValueError) as exc:
-            builder.errors.append(f"{spec.source}:{spec.line}: {exc}")
+        except (OperatorError, KeyError, ValueError) as err:  # (not `exc`: a name has one type compiled)
+            builder.errors.append(f"{spec.source}:{spec.line}: {err}")
             continue
         if rule.id in rules_by_id:
             first = rules_by_id[rule.id]
