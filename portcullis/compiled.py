@@ -42,6 +42,8 @@ COMPILED = (
     "portcullis.features.waf.transforms",
     "portcullis.features.waf.variables",
     "portcullis.http.h1",
+    "portcullis.observability.access_log",
+    "portcullis.observability.log_file",
     "portcullis.observability.stats",
     "portcullis.routing.router",
     "portcullis.server.edge",
