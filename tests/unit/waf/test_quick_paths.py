@@ -113,10 +113,11 @@ def test_a_gate_meets_known_content_without_collecting_it_again() -> None:
     # before is not walked again
     assert [m.rule_id for m in waf.evaluate(req("/?a=EVIL")).matches] == [1]
     assert len(gate.memo) == 1 and len(gate.cache) == 1
+    gate.cache.clear()  # what each value hit: a walk of the items would fill it again
     assert [m.rule_id for m in waf.evaluate(req("/?a=EVIL")).matches] == [1]  # the gate's memo
-    assert len(gate.memo) == 1 and len(gate.cache) == 1
+    assert len(gate.memo) == 1 and not gate.cache
     assert [m.rule_id for m in waf.evaluate(req("/?a=fine")).matches] == []
-    assert len(gate.memo) == 2 and len(gate.cache) == 2
+    assert len(gate.memo) == 2 and len(gate.cache) == 1
 
 
 def test_a_one_target_rule_that_found_nothing_is_not_run_on_the_same_values() -> None:
