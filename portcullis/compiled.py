@@ -8,10 +8,11 @@ standard library: setup.py reads it before the package's dependencies are instal
 
 from __future__ import annotations
 
-import importlib
 import importlib.machinery
 import importlib.util
 import os
+
+_SUFFIXES = tuple(importlib.machinery.EXTENSION_SUFFIXES)
 
 COMPILED = (
     "portcullis.engine.context",
@@ -54,23 +55,27 @@ COMPILED = (
 )
 
 
+def _extension(name: str) -> str | None:
+    """The file a module is (or would be) loaded from, when it is an extension module."""
+    spec = importlib.util.find_spec(name)  # the loaded module's own spec, once it is imported
+    origin = spec.origin if spec is not None else None
+    return origin if origin is not None and origin.endswith(_SUFFIXES) else None
+
+
 def running_compiled() -> list[str]:
     """The modules of `COMPILED` that are loaded from an extension module, not from source."""
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
-    return [name for name in COMPILED if (importlib.import_module(name).__file__ or "").endswith(suffixes)]
+    return [name for name in COMPILED if _extension(name) is not None]
 
 
 def stale(names: tuple[str, ...] = COMPILED) -> list[str]:
     """Modules whose compiled form is older than their source: edited since the last build, so
     what runs is not what the source says (rebuild with `pip install -e .`)."""
-    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
     out = []
     for name in names:
-        spec = importlib.util.find_spec(name)
-        origin = spec.origin if spec is not None else None
-        if origin is None or not origin.endswith(suffixes):
+        built = _extension(name)
+        if built is None:
             continue
-        source = os.path.join(os.path.dirname(origin), name.rpartition(".")[2] + ".py")
-        if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(origin):
+        source = os.path.join(os.path.dirname(built), name.rpartition(".")[2] + ".py")
+        if os.path.exists(source) and os.path.getmtime(source) > os.path.getmtime(built):
             out.append(name)
     return out
