@@ -55,7 +55,7 @@ from typing import Any
 import httpclient
 import templating
 import wrkload
-from procs import CLOCK_TICKS, Managed, StartError, cpu_busy, free_port
+from procs import CLOCK_TICKS, Managed, StartError, checkout_env, cpu_busy, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -213,8 +213,7 @@ class BalanceBench:
             cases.append(Case(name, port))
         config = self.tmpdir / "portcullis.yaml"
         config.write_text(json.dumps(portcullis_config(cases, backend_ports), indent=2))  # JSON is YAML
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env = checkout_env()
         self.proxy = Managed("portcullis", [sys.executable, "-m", "portcullis", "run", "-c", str(config)],
                              self.tmpdir / "portcullis.out", cpu=self.proxy_cpu, cwd=REPO_ROOT, env=env)  # fmt: skip
         self.servers.append(self.proxy)

@@ -24,6 +24,16 @@ class StartError(RuntimeError):
     """A process under test did not start or did not answer correctly."""
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def checkout_env() -> dict[str, str]:
+    """The environment that runs Portcullis from this checkout (whatever else is installed)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    return env
+
+
 def taskset_prefix(cpu: int | None) -> list[str]:
     return [] if cpu is None else ["taskset", "-c", str(cpu)]
 

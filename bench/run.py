@@ -40,7 +40,7 @@ import procs
 import report
 import templating
 import wrkload
-from procs import CLOCK_TICKS, Managed, StartError, cpu_busy, free_port
+from procs import CLOCK_TICKS, Managed, StartError, checkout_env, cpu_busy, free_port
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -208,8 +208,7 @@ class Bench:
                 argv = [part.format(**fill) for part in shlex.split(self.args.proxy_cmd)]
             else:
                 argv = [sys.executable, "-m", "portcullis", "run", "-c", str(yaml_path)]
-            env = dict(os.environ)
-            env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+            env = checkout_env()
             cand = Managed(label, argv, self.tmpdir / f"{label}.out", cpu=self.proxy_cpu,
                            cwd=REPO_ROOT, env=env)
         self._start(cand, cand_port)
@@ -327,10 +326,8 @@ class Bench:
 
 def _portcullis_build() -> str:
     """What `portcullis version` says of the checkout measured: compiled or pure Python."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     done = subprocess.run([sys.executable, "-m", "portcullis", "version"], capture_output=True, text=True,
-                          timeout=30, check=False, cwd=REPO_ROOT, env=env)
+                          timeout=30, check=False, cwd=REPO_ROOT, env=checkout_env())
     return done.stdout.strip()
 
 

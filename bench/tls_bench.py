@@ -36,7 +36,7 @@ from typing import Any
 
 import templating
 import wrkload
-from procs import Managed, StartError, free_port, taskset_prefix
+from procs import Managed, StartError, checkout_env, free_port, taskset_prefix
 
 BENCH_DIR = Path(__file__).resolve().parent
 REPO_ROOT = BENCH_DIR.parent
@@ -165,8 +165,7 @@ class TlsBench:
         }  # fmt: skip
         path = self.tmpdir / "portcullis.yaml"
         path.write_text(json.dumps(config, indent=2))
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        env = checkout_env()
         proxy = Managed("portcullis", [sys.executable, "-m", "portcullis", "run", "-c", str(path)],
                         self.tmpdir / "portcullis.out", cpu=self.proxy_cpu, cwd=REPO_ROOT, env=env)  # fmt: skip
         self.servers.append(proxy)
