@@ -6,6 +6,7 @@ no match, or the list of captures (`TX.0`, `TX.1` ...; possibly empty) for a mat
 
 from __future__ import annotations
 
+import ctypes
 import ipaddress
 import logging
 import os
@@ -38,6 +39,7 @@ class Operator:
     literal: str | None = None  # for the prefilter: a text a matching value contains (case aside)
     pattern: str | None = None  # for the prefilter: the regex source
     pure = True  # the result depends on the value alone (no macros, no time limit): cacheable
+    needs: str = ""  # a value it matches holds one of these characters ("": any may match; screens.py)
 
     def __call__(self, value: str, expand: Expander) -> Captures:
         raise NotImplementedError
@@ -356,7 +358,7 @@ class ValidateByteRange(Operator):
                 raise OperatorError(f"@validateByteRange: bad range {part!r}")
             allowed.update(range(a, b + 1))
         bad = "".join(chr(c) for c in range(256) if c not in allowed)
-        self.bad_chars = bad  # what makes it match (screens.py)
+        self.needs = bad  # what makes it match
         self.bad = re.compile("[" + re.escape(bad) + "]") if bad else None
 
     def __call__(self, value: str, expand: Expander) -> Captures:
@@ -395,20 +397,46 @@ class ValidateUtf8Encoding(Operator):
         return None
 
 
+def _sqli_function() -> Any:
+    """libinjection's `libinjection_sqli(input, length, fingerprint)`, from the binding's own
+    library: the binding's `is_sql_injection` also turns the token vector into Python dicts,
+    which costs more than the test (None: not exported, the binding is used)."""
+    try:
+        function = ctypes.CDLL(libinjection.__file__).libinjection_sqli
+    except (OSError, AttributeError):  # pragma: no cover - a binding built another way
+        return None
+    function.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p)
+    function.restype = ctypes.c_int
+    return function
+
+
+_SQLI: Any = _sqli_function()
+_NO_FINGERPRINT: Any = ctypes.create_string_buffer(8)  # written by every clean test, never read
+
+
 class DetectSQLi(Operator):
     name = "detectsqli"
 
     def __call__(self, value: str, expand: Expander) -> Captures:
         if not value:
             return None
-        result = libinjection.is_sql_injection(value)
-        if result.get("is_sqli"):
-            return [str(result.get("fingerprint", ""))]
-        return None
+        if _SQLI is None:  # pragma: no cover
+            result = libinjection.is_sql_injection(value)
+            return [str(result["fingerprint"])] if result["is_sqli"] else None
+        # UTF-8, as the binding encodes; a lone surrogate (from %uD800) passes as its bytes
+        data = value.encode("utf-8", "surrogatepass")
+        if not _SQLI(data, len(data), _NO_FINGERPRINT):
+            return None
+        fingerprint = ctypes.create_string_buffer(8)  # its own buffer: the shared one is scratch
+        _SQLI(data, len(data), fingerprint)
+        return [fingerprint.value.decode("ascii", "replace")]
 
 
 class DetectXSS(Operator):
     name = "detectxss"
+    # libinjection's HTML5 tokenizer reports XSS only on a tag, comment or doctype (each opens
+    # with `<`) or on an attribute's value (after `=`), whichever of its five contexts it tries
+    needs = "<="
 
     def __call__(self, value: str, expand: Expander) -> Captures:
         if not value:

@@ -2,7 +2,8 @@
 
 A rule reads each value of a target on its own (transform, cache, operator), which costs a few
 Python calls per value; for a value never seen before, nothing is cached. Some operators match
-only values holding some character (`@validateByteRange`: one outside the ranges). When the
+only values holding some character (`Operator.needs`: for `@validateByteRange` one outside the
+ranges, for `@detectXSS` a `<` or `=`). When the
 transformations can only change a value that holds one of a known set of characters too
 (`transforms.CHANGES`, and no test on a first or last character), a value with none of either
 set is left as it is and cannot match: a regex class over the values joined together (a test
@@ -16,7 +17,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from portcullis.features.waf.operators import Operator, ValidateByteRange
+from portcullis.features.waf.operators import Operator
 from portcullis.features.waf.transforms import CHANGES, Transform
 
 _MAX_NEEDLES = 8  # more characters than this: one regex class (slower than `in` per character)
@@ -60,16 +61,16 @@ def change_chars(funcs: Sequence[Transform]) -> tuple[str, bool] | None:
 def screen_of(op: Operator, negated: bool, funcs: Sequence[Transform]) -> Screen | None:
     """A screen that finds nothing in the joined values of a target only when no value can
     match (see above); None when there is none for this operator and these transformations."""
-    if negated or not isinstance(op, ValidateByteRange) or not op.bad_chars:
+    if negated or not op.needs:
         return None
     changing = change_chars(funcs)
     if changing is None:
         return None
     chars, nonascii = changing
-    bad = op.bad_chars
+    needed = op.needs
     if nonascii:
-        bad = "".join(c for c in bad if c.isascii())  # found by the non-ASCII test
-    chars = "".join(sorted(set(bad + chars)))
+        needed = "".join(c for c in needed if c.isascii())  # found by the non-ASCII test
+    chars = "".join(sorted(set(needed + chars)))
     regex = re.compile("[" + "".join(re.escape(c) for c in chars) + "]") if len(chars) > _MAX_NEEDLES else None
     return Screen(chars, nonascii, regex)
 

@@ -114,8 +114,29 @@ def test_ip_match_from_file(tmp_path: Path) -> None:
 
 
 def test_detect_sqli_captures_fingerprint() -> None:
-    caps = run("detectsqli", "", "1 OR 1=1")
-    assert caps and caps[0]
+    # libinjection's fingerprint of the folded tokens: 1 (number), & (logic operator), 1
+    assert run("detectsqli", "", "1 OR 1=1") == ["1&1"]
+    assert run("detectsqli", "", "1' or '1'='1") == ["s&sos"]
+    assert run("detectsqli", "", "blue shoes") is None
+    assert run("detectsqli", "", "") is None
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["1 union select password from users", "é' or 1=1--", "a\x00b' or 1=1--", "x'; drop table t; --",
+     "17blue shoes", "<script>alert(1)</script>", "admin'--", "1) or sleep(5)#", "naïve café"],
+)
+def test_detect_sqli_agrees_with_the_binding(value: str) -> None:
+    """The operator calls libinjection's C function directly; the Python binding is the reference."""
+    import libinjection  # type: ignore[import-not-found]
+
+    expected = libinjection.is_sql_injection(value)
+    assert run("detectsqli", "", value) == ([expected["fingerprint"]] if expected["is_sqli"] else None)
+
+
+def test_detect_sqli_takes_a_lone_surrogate() -> None:
+    # urlDecodeUni turns %uD800 into one; the operator tests its bytes instead of failing
+    assert run("detectsqli", "", "\ud800' or 1=1--") == ["s&1c"]
 
 
 def test_bad_operator_and_arguments() -> None:

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from portcullis.features.waf import transforms as T
 from portcullis.features.waf.loader import Waf
-from portcullis.features.waf.operators import ValidateByteRange
+from portcullis.features.waf.operators import DetectXSS, ValidateByteRange
 from portcullis.features.waf.screens import none_can_match, screen_of
 from portcullis.features.waf.transaction import HttpRequest, Transaction
 
@@ -43,6 +43,39 @@ def test_a_screen_clears_only_values_that_cannot_match(values: list[str]) -> Non
                 continue
             for value in values:
                 assert op(_through(funcs, value), str) is None, (ranges, funcs, value)
+
+
+# what an XSS attempt is made of, less `<` and `=`: quotes, tag and attribute words, entities
+XSS_PIECES = st.sampled_from(
+    ["'", '"', "`", ">", "/", "!", "?", " ", "\t", "\x00", "script", "img", "onerror", "onload", "style",
+     "href", "javascript:", "alert(1)", "-->", "[if", "xml", "import", "entity", "doctype", "&lt;", "%3c", "\\x3c"]
+)
+
+
+@given(st.lists(XSS_PIECES, max_size=12).map("".join))
+@settings(max_examples=1000, deadline=None)
+def test_libinjection_finds_no_xss_without_a_tag_opening_or_an_attribute_value(value: str) -> None:
+    """What DetectXSS.needs claims of libinjection itself, in all five of its contexts."""
+    assert DetectXSS().needs == "<="
+    assert DetectXSS()(value, str) is None
+    assert DetectXSS()(value + "<script>", str) is not None  # it is looking
+    assert DetectXSS()("x onerror=alert(1)", str) is not None  # and so is an attribute value
+
+
+XSS_PIPELINE = (T.utf8_to_unicode, T.url_decode_uni, T.html_entity_decode, T.js_decode, T.css_decode, T.remove_nulls)
+
+
+@given(st.lists(st.lists(XSS_PIECES, max_size=6).map("".join), max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_an_xss_screen_clears_only_values_that_cannot_match(values: list[str]) -> None:
+    op = DetectXSS()
+    screen = screen_of(op, False, XSS_PIPELINE)
+    assert screen is not None
+    if none_can_match(screen, [("n", v) for v in values]):
+        for value in values:
+            assert op(_through(XSS_PIPELINE, value), str) is None, value
+    # an encoded `<` is a character the transformations change: it is not cleared
+    assert not none_can_match(screen, [("n", v + "&lt;img src=x onerror=alert(1)>") for v in values or [""]])
 
 
 def test_no_screen_where_it_proves_nothing() -> None:
