@@ -423,7 +423,8 @@ class DetectSQLi(Operator):
         if _SQLI is None:  # pragma: no cover
             result = libinjection.is_sql_injection(value)
             return [str(result["fingerprint"])] if result["is_sqli"] else None
-        # UTF-8, as the binding encodes; a lone surrogate (from %uD800) passes as its bytes
+        # UTF-8, as the binding encodes; a lone surrogate (the transformations keep a low byte and
+        # make none, but a value is any str) is tested as its bytes rather than raising
         data = value.encode("utf-8", "surrogatepass")
         if not _SQLI(data, len(data), _NO_FINGERPRINT):
             return None

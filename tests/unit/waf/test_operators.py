@@ -135,7 +135,7 @@ def test_detect_sqli_agrees_with_the_binding(value: str) -> None:
 
 
 def test_detect_sqli_takes_a_lone_surrogate() -> None:
-    # urlDecodeUni turns %uD800 into one; the operator tests its bytes instead of failing
+    # no transformation makes one (they keep the low byte), but a value is any str: its bytes are tested
     assert run("detectsqli", "", "\ud800' or 1=1--") == ["s&1c"]
 
 
