@@ -11,9 +11,12 @@ from portcullis.features.waf.transaction import Transaction
 
 class CountingEvaluator(Evaluator):
     def __init__(self, ruleset: RuleSet) -> None:
-        super().__init__(ruleset)
+        # before the base's init: folding steps through the rule set's request-independent start
         self.stepped: list[int] = []  # the ids of the rules stepped into, in order
         self.heads_run: list[int] = []  # the ids of the rules whose first link ran
+        super().__init__(ruleset)
+        self.stepped.clear()  # what folding ran at compile time is no request's
+        self.heads_run.clear()
 
     def step(self, txn: Transaction, entry: Rule) -> bool:
         self.stepped.append(entry.id)

@@ -204,3 +204,14 @@ def test_a_readers_own_database_finds_what_the_collections_finds(values: list[st
     txn_fast, txn_slow = fast.evaluate(req(f"/?{query}")), slow.evaluate(req(f"/?{query}"))
     assert txn_fast.gate_hits == txn_slow.gate_hits
     assert [m.rule_id for m in txn_fast.matches] == [m.rule_id for m in txn_slow.matches]
+
+
+def test_the_counting_evaluator_counts_requests_not_folding() -> None:
+    # a rule set that starts with a SecAction: folding runs it while the evaluator is made
+    waf = Waf.from_text(
+        'SecAction "id:1,phase:1,pass,nolog,setvar:tx.a=1"\nSecRule ARGS "@rx evil" "id:2,phase:2,pass,msg:m"'
+    )
+    evaluator = counting(waf)
+    assert evaluator.stepped == []
+    assert [m.rule_id for m in waf.evaluate(req("/?a=evil")).matches] == [2]
+    assert 2 in evaluator.stepped and 2 in evaluator.heads_run
